@@ -1,0 +1,56 @@
+# Two commands do everything on a fresh clone: `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?=
+ARTIFACTS ?= artifacts
+REPO ?= feature_repo
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export FEAST_DISABLE_USAGE ?= 1
+
+.PHONY: install build run stop test test-fast lint format bench bench-full clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+install: $(BIN)/.installed
+
+# make build                 -> synthetic default data (seeded, builds in well under a minute)
+# make build DATA=<dir>      -> any MovieLens-format directory (ratings.csv, movies.csv)
+build: install
+	$(BIN)/recsys build --repo $(REPO) --artifacts $(ARTIFACTS) $(if $(DATA),--data $(DATA))
+
+run: install
+	@test -e $(ARTIFACTS)/current || $(MAKE) --no-print-directory build
+	$(BIN)/python -m serve_app.local_cluster start --artifacts $(ARTIFACTS) --repo $(REPO)
+
+stop:
+	@test -x $(BIN)/python && $(BIN)/python -m serve_app.local_cluster stop || true
+
+test: install
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m loadtest.bench --quick
+
+bench-full: install
+	$(BIN)/python -m loadtest.bench --full
+
+clean:
+	rm -rf $(ARTIFACTS) $(REPO)/data .pytest_cache

@@ -1,0 +1,87 @@
+"""Feast definitions: what the recommender knows about users and items, and where it comes from.
+
+The parquet sources under data/ are written by `recsys build` (serve_app/offline/feature_tables.py);
+each row is a feature value as of its `event_timestamp`, so `get_historical_features` is point-in-time
+correct for training and `feast materialize-incremental` loads the newest values into the online store.
+"""
+
+from datetime import timedelta
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.types import Array, Float32, Int64
+
+user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64, description="A person we recommend to")
+item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64, description="A catalogue item")
+
+user_source = FileSource(
+    name="user_features_source",
+    path="data/user_features.parquet",
+    timestamp_field="event_timestamp",
+)
+item_source = FileSource(
+    name="item_features_source",
+    path="data/item_features.parquet",
+    timestamp_field="event_timestamp",
+)
+
+# Fresh user features (a new embedding after a session, updated counts) are pushed here in real time:
+#   store.push("user_push", df, to=PushMode.ONLINE)
+user_push = PushSource(name="user_push", batch_source=user_source)
+
+# ttl=0: a value stays valid until a newer one replaces it (users can be idle for months).
+user_features = FeatureView(
+    name="user_features",
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="user_embedding", dtype=Array(Float32), description="Implicit-ALS user factors"),
+        Field(name="user_n_interactions", dtype=Int64),
+        Field(name="user_days_since_last", dtype=Float32),
+        Field(name="user_avg_rating", dtype=Float32),
+        Field(name="user_n_recent", dtype=Int64, description="Interactions in the last 30 days"),
+        Field(
+            name="user_category_share",
+            dtype=Array(Float32),
+            description="Share of the user's interactions in each item category (indexed by item_category)",
+        ),
+    ],
+    online=True,
+    source=user_push,
+)
+
+item_features = FeatureView(
+    name="item_features",
+    entities=[item],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="item_popularity", dtype=Int64),
+        Field(name="item_popularity_recent", dtype=Int64, description="Interactions in the last 30 days"),
+        Field(name="item_age_days", dtype=Float32, description="Days since the first interaction"),
+        Field(name="item_days_since_last", dtype=Float32),
+        Field(name="item_avg_rating", dtype=Float32),
+        Field(name="item_emb_norm", dtype=Float32, description="Norm of the ALS item factors"),
+        Field(name="item_category", dtype=Int64, description="Code of the first genre, -1 when none"),
+    ],
+    online=True,
+    source=item_source,
+)
+
+# Exactly what the ranker consumes, in the order serve_app/features.py expects (checked at build time).
+ranker_v1 = FeatureService(
+    name="ranker_v1",
+    features=[
+        user_features[
+            [
+                "user_n_interactions",
+                "user_days_since_last",
+                "user_avg_rating",
+                "user_n_recent",
+                "user_category_share",
+            ]
+        ],
+        item_features,
+    ],
+)
+
+# What the request path reads per user: the embedding for retrieval plus the ranker's user features.
+user_online_v1 = FeatureService(name="user_online_v1", features=[user_features])

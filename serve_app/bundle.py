@@ -1,0 +1,180 @@
+"""A bundle: one immutable, versioned directory holding everything serving needs, and its loader.
+
+Everything that must agree (index, ranker, item snapshot, fallback list, history) travels together and
+is checked together: checksums, dimensions, and feature names against serve_app/features.py. A bundle
+that fails a check is refused with a message saying what is wrong, so the previous one keeps serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import xgboost as xgb
+
+from serve_app.errors import BundleError
+from serve_app.features import FEATURE_NAMES, ITEM_FEATURES, USER_FEATURES
+from serve_app.stages.rank import ItemSnapshot, check_ranker_features, load_ranker
+
+FORMAT = 1
+FILES = ("index.faiss", "ranker.ubj", "items.npz", "popular.npy", "history.npz")
+
+
+@dataclass(frozen=True)
+class History:
+    """Items each user has already interacted with, as item rows (CSR by sorted user id)."""
+
+    user_ids: np.ndarray
+    indptr: np.ndarray
+    rows: np.ndarray
+
+    def seen(self, user_id: int) -> np.ndarray:
+        pos = int(np.searchsorted(self.user_ids, user_id))
+        if pos < len(self.user_ids) and self.user_ids[pos] == user_id:
+            return self.rows[self.indptr[pos] : self.indptr[pos + 1]]
+        return self.rows[:0]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    version: str
+    manifest: dict[str, Any]
+    index: faiss.Index
+    ranker: xgb.Booster
+    items: ItemSnapshot
+    popular_rows: np.ndarray  # fallback order, best first
+    history: History
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.manifest["embedding_dim"])
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_bundle(
+    staging: Path,
+    *,
+    index: faiss.Index,
+    ranker: xgb.Booster,
+    item_ids: np.ndarray,
+    item_columns: dict[str, np.ndarray],
+    popular_rows: np.ndarray,
+    history: History,
+    manifest: dict[str, Any],
+) -> None:
+    """Write every file and the manifest (with checksums) into an empty staging directory."""
+    staging.mkdir(parents=True, exist_ok=False)
+    faiss.write_index(index, str(staging / "index.faiss"))
+    ranker.save_model(str(staging / "ranker.ubj"))
+    np.savez(staging / "items.npz", item_ids=item_ids.astype(np.int64),
+             **{k: np.asarray(v, dtype=np.float64) for k, v in item_columns.items()})
+    np.save(staging / "popular.npy", popular_rows.astype(np.int64))
+    np.savez(staging / "history.npz", user_ids=history.user_ids, indptr=history.indptr, rows=history.rows)
+    files = {name: {"sha256": sha256(staging / name), "bytes": (staging / name).stat().st_size} for name in FILES}
+    full = {
+        **manifest,
+        "format": FORMAT,
+        "feature_names": list(FEATURE_NAMES),
+        "user_feature_names": list(USER_FEATURES),
+        "item_feature_names": list(ITEM_FEATURES),
+        "n_items": len(item_ids),
+        "files": files,
+    }
+    (staging / "manifest.json").write_text(json.dumps(full, indent=2, sort_keys=True))
+
+
+def publish(staging: Path, artifacts: Path) -> Path:
+    """Move a complete staging directory into bundles/ and point `current` at it, both atomically."""
+    version = json.loads((staging / "manifest.json").read_text())["version"]
+    final = artifacts / "bundles" / version
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(staging, final)
+    link_tmp = artifacts / ".current.tmp"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    os.symlink(Path("bundles") / version, link_tmp)
+    os.replace(link_tmp, artifacts / "current")
+    return final
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def resolve_current(artifacts: Path) -> Path:
+    current = artifacts / "current"
+    if not current.exists():
+        raise BundleError(f"{current}: no current bundle; build one with `make build` (or `recsys build`)")
+    return current.resolve()
+
+
+def _fail(path: Path, what: str) -> BundleError:
+    return BundleError(f"bundle {path} refused: {what}")
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load and verify a bundle; raise BundleError naming the first thing that is wrong."""
+    path = Path(path).resolve()
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise _fail(path, "manifest.json is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise _fail(path, f"manifest.json is not valid JSON ({exc})") from exc
+    if manifest.get("format") != FORMAT:
+        raise _fail(path, f"format {manifest.get('format')!r}, this server reads format {FORMAT}")
+    for name in FILES:
+        expected = manifest.get("files", {}).get(name, {}).get("sha256")
+        if not (path / name).is_file():
+            raise _fail(path, f"{name} is missing")
+        if expected is None or sha256(path / name) != expected:
+            raise _fail(path, f"{name} does not match its checksum in manifest.json (corrupt or altered)")
+    for key, ours in (("feature_names", FEATURE_NAMES), ("user_feature_names", USER_FEATURES),
+                      ("item_feature_names", ITEM_FEATURES)):
+        theirs = tuple(manifest.get(key, ()))
+        if theirs != ours:
+            raise _fail(path, f"{key} in manifest are {list(theirs)}, this code computes {list(ours)}")
+    try:
+        index = faiss.read_index(str(path / "index.faiss"))
+        ranker = load_ranker(str(path / "ranker.ubj"))
+        with np.load(path / "items.npz", allow_pickle=False) as npz:
+            items = ItemSnapshot(npz["item_ids"], {name: npz[name] for name in ITEM_FEATURES})
+        popular = np.load(path / "popular.npy", allow_pickle=False)
+        with np.load(path / "history.npz", allow_pickle=False) as npz:
+            history = History(npz["user_ids"], npz["indptr"], npz["rows"])
+    except (RuntimeError, ValueError, KeyError, OSError, xgb.core.XGBoostError) as exc:
+        raise _fail(path, f"an artifact could not be read ({exc})") from exc
+    try:
+        check_ranker_features(ranker)
+    except ValueError as exc:
+        raise _fail(path, str(exc)) from exc
+    dim = manifest.get("embedding_dim")
+    if index.d != dim:
+        raise _fail(path, f"index dimension is {index.d}, manifest embedding_dim is {dim}")
+    n = len(items.item_ids)
+    if index.ntotal != n or manifest.get("n_items") != n:
+        raise _fail(path, f"index holds {index.ntotal} items, item snapshot {n}, manifest {manifest.get('n_items')}")
+    for name, col in items.columns.items():
+        if col.shape != (n,):
+            raise _fail(path, f"item feature {name} has {col.shape[0]} rows, expected {n}")
+    if len(popular) == 0 or popular.min() < 0 or popular.max() >= n:
+        raise _fail(path, "popular.npy is empty or points outside the item snapshot")
+    if len(history.indptr) != len(history.user_ids) + 1 or (len(history.rows) and history.rows.max() >= n):
+        raise _fail(path, "history.npz is inconsistent with the item snapshot")
+    return Bundle(path, str(manifest["version"]), manifest, index, ranker, items, popular, history)

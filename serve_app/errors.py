@@ -1,0 +1,33 @@
+"""One error hierarchy, classified by who is at fault, each error knowing its HTTP status.
+
+Client errors (4xx) say what the caller must fix; dependency errors (503) mean something we rely on
+failed and the answer may be degraded; artifact errors stop a bundle from being loaded at all.
+"""
+
+from __future__ import annotations
+
+
+class RecsysError(Exception):
+    http_status: int = 500
+
+
+class ClientError(RecsysError):
+    http_status = 400
+
+
+class DependencyError(RecsysError):
+    """A dependency (online store, a replica) failed or missed its deadline."""
+
+    http_status = 503
+
+
+class DataError(RecsysError):
+    """Input data (CSV files, generator flags) is malformed; names the file and line when it can."""
+
+
+class BundleError(RecsysError):
+    """A bundle is missing, corrupt or does not agree with this code; it must not be served."""
+
+
+class ConfigError(RecsysError):
+    pass

@@ -1,0 +1,128 @@
+"""The one feature transformation, shared by training and serving (no training/serving skew).
+
+Training passes columns of a `get_historical_features` frame; serving passes one user's online
+features (scalars) and the bundle's item snapshot columns. Both end in `model_matrix`, whose column
+order is `FEATURE_NAMES`, which the bundle manifest and the XGBoost model record and the loader checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+FEATURE_SERVICE = "ranker_v1"
+USER_ONLINE_SERVICE = "user_online_v1"
+USER_EMBEDDING = "user_embedding"
+
+# Raw Feast features, in the ranker FeatureService's order.
+USER_FEATURES: tuple[str, ...] = (
+    "user_n_interactions",
+    "user_days_since_last",
+    "user_avg_rating",
+    "user_n_recent",
+    "user_category_share",
+)
+ITEM_FEATURES: tuple[str, ...] = (
+    "item_popularity",
+    "item_popularity_recent",
+    "item_age_days",
+    "item_days_since_last",
+    "item_avg_rating",
+    "item_emb_norm",
+    "item_category",
+)
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "retrieval_score",
+    "user_log_interactions",
+    "user_days_since_last",
+    "user_avg_rating",
+    "user_log_recent",
+    "item_log_popularity",
+    "item_log_popularity_recent",
+    "item_age_days",
+    "item_days_since_last",
+    "item_avg_rating",
+    "item_emb_norm",
+    "item_category",
+    "rating_gap",
+    "user_item_category_share",
+)
+
+
+def _column(values: Any, n: int) -> np.ndarray:
+    """float64 column of length n; None/NA -> NaN (XGBoost's missing value), scalars broadcast."""
+    if values is None:
+        return np.full(n, np.nan)
+    if isinstance(values, int | float | np.number):
+        return np.full(n, float(values))
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "fiub":
+        # Object columns from Feast frames (pandas NA, None): coerce once, missing -> NaN.
+        arr = pd.to_numeric(pd.Series(arr), errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    arr = arr.astype(np.float64, copy=False)
+    if arr.shape != (n,):
+        raise ValueError(f"feature column has shape {arr.shape}, expected ({n},)")
+    return arr
+
+
+def _category_share(shares: Any, category: np.ndarray) -> np.ndarray:
+    """Share of the user's past interactions in each candidate's category (NaN when unknown).
+
+    `shares` is one vector (serving: one user) or one vector per row (training frames).
+    """
+    n = category.shape[0]
+    out = np.full(n, np.nan)
+    if shares is None:
+        return out
+    if isinstance(shares, np.ndarray) and shares.dtype.kind == "f" and shares.ndim == 1:
+        table = shares[None, :]
+        row_of = np.zeros(n, dtype=np.int64)
+    else:
+        # Rows with no user features hold None or a NaN scalar instead of a vector.
+        vectors = [np.asarray(v, dtype=np.float64).reshape(-1) if np.ndim(v) == 1 else np.empty(0) for v in shares]
+        if len(vectors) != n:
+            raise ValueError(f"user_category_share has {len(vectors)} rows, expected {n}")
+        width = max((len(v) for v in vectors), default=0)
+        table = np.full((n, width), np.nan)
+        for i, v in enumerate(vectors):
+            table[i, : len(v)] = v
+        row_of = np.arange(n)
+    valid = np.isfinite(category) & (category >= 0) & (category < table.shape[1])
+    out[valid] = table[row_of[valid], category[valid].astype(np.int64)]
+    return out
+
+
+def model_matrix(
+    user: Mapping[str, Any], items: Mapping[str, Any], retrieval_score: np.ndarray
+) -> np.ndarray:
+    """The ranker's input: one float32 row per candidate, columns in FEATURE_NAMES order.
+
+    `user` maps USER_FEATURES to scalars (one user) or arrays (one per row); `items` maps
+    ITEM_FEATURES to arrays aligned with `retrieval_score`. Missing keys become NaN.
+    """
+    score = np.asarray(retrieval_score, dtype=np.float64)
+    n = score.shape[0]
+    u = {name: _column(user.get(name), n) for name in USER_FEATURES if name != "user_category_share"}
+    it = {name: _column(items.get(name), n) for name in ITEM_FEATURES}
+    category_share = _category_share(user.get("user_category_share"), it["item_category"])
+    columns = (
+        score,
+        np.log1p(u["user_n_interactions"]),
+        u["user_days_since_last"],
+        u["user_avg_rating"],
+        np.log1p(u["user_n_recent"]),
+        np.log1p(it["item_popularity"]),
+        np.log1p(it["item_popularity_recent"]),
+        it["item_age_days"],
+        it["item_days_since_last"],
+        it["item_avg_rating"],
+        it["item_emb_norm"],
+        it["item_category"],
+        it["item_avg_rating"] - u["user_avg_rating"],
+        category_share,
+    )
+    return np.column_stack(columns).astype(np.float32)

@@ -1,0 +1,1 @@
+"""The offline path: data -> Feast features -> embeddings -> index -> ranker -> evaluation -> bundle."""

@@ -1,0 +1,63 @@
+"""Implicit-feedback matrix factorisation (ALS from `implicit`) over an interaction log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
+from threadpoolctl import threadpool_limits
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    user_ids: np.ndarray  # sorted; row i of user_factors belongs to user_ids[i]
+    item_ids: np.ndarray  # sorted; row j of item_factors belongs to item_ids[j]
+    user_factors: np.ndarray  # float32 (n_users, dim)
+    item_factors: np.ndarray  # float32 (n_items, dim)
+
+    def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.user_ids, user_ids)
+
+    def item_rows(self, item_ids: np.ndarray) -> np.ndarray:
+        """Row of each item id, -1 where the model never saw it."""
+        pos = np.searchsorted(self.item_ids, item_ids).clip(0, max(len(self.item_ids) - 1, 0))
+        return np.where(self.item_ids[pos] == item_ids, pos, -1)
+
+    def item_norms(self) -> pd.Series:
+        return pd.Series(np.linalg.norm(self.item_factors, axis=1), index=self.item_ids)
+
+
+def train_als(
+    ratings: pd.DataFrame,
+    factors: int = 64,
+    iterations: int = 15,
+    regularization: float = 0.05,
+    alpha: float = 2.0,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> Embeddings:
+    user_ids, user_rows = np.unique(ratings["user_id"].to_numpy(), return_inverse=True)
+    item_ids, item_rows = np.unique(ratings["item_id"].to_numpy(), return_inverse=True)
+    # Confidence grows with the rating, but any interaction is a positive signal.
+    weight = 1.0 + ratings["rating"].to_numpy(np.float32) / 5.0
+    matrix = sp.csr_matrix((weight, (user_rows, item_rows)), shape=(len(user_ids), len(item_ids)))
+    # implicit runs its own threads; OpenBLAS threads on top of them only contend.
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=factors,
+            iterations=iterations,
+            regularization=regularization,
+            alpha=alpha,
+            random_state=seed,
+            calculate_training_loss=False,
+        )
+        model.fit(matrix, show_progress=show_progress)
+    return Embeddings(
+        user_ids=user_ids,
+        item_ids=item_ids,
+        user_factors=np.ascontiguousarray(model.user_factors, dtype=np.float32),
+        item_factors=np.ascontiguousarray(model.item_factors, dtype=np.float32),
+    )

@@ -1,0 +1,79 @@
+"""Feast through its own CLI (apply, materialize) and SDK (point-in-time training data).
+
+The build shells out to `feast` for apply and materialize-incremental, exactly the commands a data
+person runs by hand to refresh the online store, so the documented path is the tested path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+from feast import FeatureStore
+
+from serve_app.errors import ConfigError
+from serve_app.features import FEATURE_SERVICE, ITEM_FEATURES, USER_FEATURES
+
+
+def feast_cli(repo: Path, *args: str) -> str:
+    exe = shutil.which("feast", path=str(Path(sys.executable).parent)) or shutil.which("feast")
+    if exe is None:
+        raise ConfigError("the `feast` command is not installed in this environment")
+    env = {**os.environ, "FEAST_DISABLE_USAGE": "1"}
+    proc = subprocess.run([exe, "-c", str(repo), *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise ConfigError(f"`feast -c {repo} {' '.join(args)}` failed:\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def apply(repo: Path) -> None:
+    feast_cli(repo, "apply")
+
+
+def materialize_incremental(repo: Path, end: datetime | None = None) -> None:
+    end = end or datetime.now(UTC)
+    feast_cli(repo, "materialize-incremental", end.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+def check_feature_service(store: FeatureStore) -> None:
+    """The ranker's FeatureService must name exactly the raw features serve_app/features.py reads."""
+    service = store.get_feature_service(FEATURE_SERVICE)
+    names = tuple(f.name for proj in service.feature_view_projections for f in proj.features)
+    if names != USER_FEATURES + ITEM_FEATURES:
+        raise ConfigError(
+            f"FeatureService {FEATURE_SERVICE!r} serves {list(names)}, but serve_app/features.py "
+            f"transforms {list(USER_FEATURES + ITEM_FEATURES)}: update one to match the other"
+        )
+
+
+def historical_features(store: FeatureStore, entities: pd.DataFrame) -> pd.DataFrame:
+    """Ranker features for (user_id, item_id, event_timestamp) rows, as of each row's timestamp.
+
+    Returns one row per input row, in input order, with the FeatureService's features as columns
+    (NaN where no value was known yet at that row's time).
+    Feast's file (Dask) offline store de-duplicates each view's join on that view's join keys plus
+    the timestamp, which collapses many (user, item) rows sharing a user and time into one. So each
+    view of the service is fetched with its own unique entity rows and merged back here by key.
+    """
+    service = store.get_feature_service(FEATURE_SERVICE)
+    out = entities[["user_id", "item_id", "event_timestamp"]].reset_index(drop=True)
+    for projection in service.feature_view_projections:
+        view = store.get_feature_view(projection.name)
+        keys = [column.name for column in view.entity_columns]
+        refs = [f"{projection.name_to_use()}:{feature.name}" for feature in projection.features]
+        unique = out[[*keys, "event_timestamp"]].drop_duplicates(ignore_index=True)
+        fetched = store.get_historical_features(entity_df=unique, features=refs).to_df()
+        fetched["event_timestamp"] = pd.to_datetime(fetched["event_timestamp"], utc=True)
+        # Feast drops an entity row whose feature rows are all newer than it; point-in-time, those
+        # features were unknown, so the left merge below gives them NaN (the ranker's missing value).
+        if len(fetched) > len(unique):
+            raise RuntimeError(f"Feast returned {len(fetched)} rows for {len(unique)} entity rows of {view.name}")
+        out = out.merge(fetched, on=[*keys, "event_timestamp"], how="left", validate="many_to_one")
+    if len(out) != len(entities):
+        raise RuntimeError("historical feature join changed the number of rows")
+    return out

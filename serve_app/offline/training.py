@@ -1,0 +1,104 @@
+"""Ranker training data and model: retrieved candidates, labelled by what users did next."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from tqdm import tqdm
+
+from serve_app.config import RankerConfig
+from serve_app.features import FEATURE_NAMES, ITEM_FEATURES, USER_FEATURES, model_matrix
+from serve_app.offline.embeddings import Embeddings
+from serve_app.stages.retrieve import retrieve
+
+BATCH = 1_024
+
+
+def candidate_frame(
+    index, emb: Embeddings, train: pd.DataFrame, holdout: pd.DataFrame, users: np.ndarray, n: int,
+    cutoff: pd.Series,
+) -> pd.DataFrame:
+    """Top-n unseen candidates per user from the index, labelled 1 where the user later interacted.
+
+    Columns: user_id, item_id, retrieval_score, retrieval_rank, label, event_timestamp.
+    """
+    users = users[np.isin(users, emb.user_ids)]
+    seen = train[train["user_id"].isin(users)].groupby("user_id")["item_id"].apply(np.asarray)
+    later = holdout[holdout["user_id"].isin(users)].groupby("user_id")["item_id"].apply(set)
+    parts = []
+    for start in tqdm(range(0, len(users), BATCH), desc="retrieving candidates", unit="batch", leave=False):
+        batch = users[start : start + BATCH]
+        queries = emb.user_factors[emb.user_rows(batch)]
+        exclude = [emb.item_rows(seen.get(u, np.empty(0, np.int64))) for u in batch]
+        for user, cands in zip(batch, retrieve(index, queries, n, exclude), strict=True):
+            item_ids = emb.item_ids[cands.rows]
+            positives = later.get(user, set())
+            parts.append(pd.DataFrame({
+                "user_id": user,
+                "item_id": item_ids,
+                "retrieval_score": cands.scores,
+                "retrieval_rank": np.arange(len(cands)),
+                "label": np.fromiter((i in positives for i in item_ids.tolist()), bool, len(item_ids)),
+            }))
+    frame = pd.concat(parts, ignore_index=True)
+    # Features as they were just before the user's first held-out interaction.
+    frame["event_timestamp"] = pd.to_datetime(cutoff.loc[frame["user_id"]].to_numpy() - 1, unit="s", utc=True)
+    return frame
+
+
+def matrix_from_frame(frame: pd.DataFrame) -> np.ndarray:
+    """The training path into the shared transformation: columns of a historical-features frame."""
+    return model_matrix(
+        {name: frame[name].to_numpy() for name in USER_FEATURES},
+        {name: frame[name].to_numpy() for name in ITEM_FEATURES},
+        frame["retrieval_score"].to_numpy(),
+    )
+
+
+def train_ranker(frame: pd.DataFrame, cfg: RankerConfig, seed: int = 0) -> tuple[xgb.Booster, dict]:
+    """XGBoost on users that have at least one positive among their candidates (grouped by user)."""
+    useful = frame.groupby("user_id")["label"].transform("any")
+    frame = frame[useful].sort_values(["user_id", "retrieval_rank"], kind="stable")
+    users = frame["user_id"].unique()
+    if len(users) < 4:
+        raise ValueError(f"only {len(users)} users have a held-out item among their candidates; need at least 4")
+    rng = np.random.default_rng(seed)
+    valid_users = rng.choice(users, size=max(1, int(len(users) * cfg.validation_fraction)), replace=False)
+    is_valid = frame["user_id"].isin(valid_users).to_numpy()
+
+    def dmatrix(mask: np.ndarray) -> xgb.DMatrix:
+        part = frame[mask]
+        return xgb.DMatrix(
+            matrix_from_frame(part), label=part["label"].to_numpy(np.float32),
+            qid=part["user_id"].to_numpy(), feature_names=list(FEATURE_NAMES),
+        )
+
+    dtrain, dvalid = dmatrix(~is_valid), dmatrix(is_valid)
+    params = {
+        "objective": cfg.objective,
+        "eval_metric": "ndcg@10" if cfg.objective.startswith("rank:") else "logloss",
+        "max_depth": cfg.max_depth,
+        "eta": cfg.learning_rate,
+        "subsample": 0.8,
+        "colsample_bytree": 0.8,
+        "min_child_weight": 1.0,
+        "tree_method": "hist",
+        "seed": seed,
+        "nthread": 2,
+    }
+    booster = xgb.train(
+        params, dtrain, num_boost_round=cfg.n_estimators, evals=[(dvalid, "valid")],
+        early_stopping_rounds=cfg.early_stopping_rounds, verbose_eval=False,
+    )
+    # Keep only the trees up to the best validation round.
+    best = booster.best_iteration + 1
+    booster = booster[:best]
+    info = {
+        "objective": cfg.objective,
+        "trees": best,
+        "train_rows": int((~is_valid).sum()),
+        "train_users": int(len(users) - len(valid_users)),
+        "positives": int(frame["label"].sum()),
+    }
+    return booster, info

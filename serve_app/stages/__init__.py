@@ -1,0 +1,1 @@
+"""Pure stage logic for the request path. Nothing here imports ray."""
