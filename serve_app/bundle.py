@@ -123,6 +123,14 @@ def resolve_current(artifacts: Path) -> Path:
     return current.resolve()
 
 
+def _diff(theirs: tuple[str, ...], ours: tuple[str, ...]) -> str:
+    missing = [n for n in ours if n not in theirs]
+    unknown = [n for n in theirs if n not in ours]
+    if not missing and not unknown:
+        return f"same names in another order (bundle {list(theirs)})"
+    return f"bundle lacks {missing}, has unknown {unknown} (rebuild the bundle with this code)"
+
+
 def _fail(path: Path, what: str) -> BundleError:
     return BundleError(f"bundle {path} refused: {what}")
 
@@ -149,7 +157,7 @@ def load_bundle(path: str | Path) -> Bundle:
                       ("item_feature_names", ITEM_FEATURES)):
         theirs = tuple(manifest.get(key, ()))
         if theirs != ours:
-            raise _fail(path, f"{key} in manifest are {list(theirs)}, this code computes {list(ours)}")
+            raise _fail(path, f"{key} in manifest.json differ from serve_app/features.py: {_diff(theirs, ours)}")
     try:
         index = faiss.read_index(str(path / "index.faiss"))
         ranker = load_ranker(str(path / "ranker.ubj"))

@@ -78,19 +78,20 @@ def _category_share(shares: Any, category: np.ndarray) -> np.ndarray:
     out = np.full(n, np.nan)
     if shares is None:
         return out
-    if isinstance(shares, np.ndarray) and shares.dtype.kind == "f" and shares.ndim == 1:
-        table = shares[None, :]
-        row_of = np.zeros(n, dtype=np.int64)
-    else:
-        # Rows with no user features hold None or a NaN scalar instead of a vector.
-        vectors = [np.asarray(v, dtype=np.float64).reshape(-1) if np.ndim(v) == 1 else np.empty(0) for v in shares]
-        if len(vectors) != n:
-            raise ValueError(f"user_category_share has {len(vectors)} rows, expected {n}")
+    arr = np.asarray(shares) if not isinstance(shares, np.ndarray) else shares
+    if arr.dtype.kind in "fiu" and arr.ndim == 1:  # one user's vector (serving)
+        table, row_of = arr.astype(np.float64)[None, :], np.zeros(n, dtype=np.int64)
+    elif arr.dtype.kind in "fiu" and arr.ndim == 2:  # one vector per row, all the same length
+        table, row_of = arr.astype(np.float64), np.arange(n)
+    else:  # object column from a Feast frame: per-row vectors, None/NaN where the user was unknown
+        vectors = [np.asarray(v, dtype=np.float64).reshape(-1) if np.ndim(v) == 1 else np.empty(0) for v in arr]
         width = max((len(v) for v in vectors), default=0)
-        table = np.full((n, width), np.nan)
+        table = np.full((len(vectors), width), np.nan)
         for i, v in enumerate(vectors):
             table[i, : len(v)] = v
         row_of = np.arange(n)
+    if table.shape[0] != 1 and table.shape[0] != n:
+        raise ValueError(f"user_category_share has {table.shape[0]} rows, expected {n}")
     valid = np.isfinite(category) & (category >= 0) & (category < table.shape[1])
     out[valid] = table[row_of[valid], category[valid].astype(np.int64)]
     return out

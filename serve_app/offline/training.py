@@ -10,6 +10,7 @@ from tqdm import tqdm
 from serve_app.config import RankerConfig
 from serve_app.features import FEATURE_NAMES, ITEM_FEATURES, USER_FEATURES, model_matrix
 from serve_app.offline.embeddings import Embeddings
+from serve_app.stages.filters import FilterContext, SeenFilter
 from serve_app.stages.retrieve import retrieve
 
 BATCH = 1_024
@@ -30,8 +31,11 @@ def candidate_frame(
     for start in tqdm(range(0, len(users), BATCH), desc="retrieving candidates", unit="batch", leave=False):
         batch = users[start : start + BATCH]
         queries = emb.user_factors[emb.user_rows(batch)]
-        exclude = [emb.item_rows(seen.get(u, np.empty(0, np.int64))) for u in batch]
-        for user, cands in zip(batch, retrieve(index, queries, n, exclude), strict=True):
+        contexts = [
+            FilterContext(int(u), emb.item_rows(seen.get(u, np.empty(0, np.int64))), np.empty(0, np.int64))
+            for u in batch
+        ]
+        for user, (cands, _) in zip(batch, retrieve(index, queries, n, [SeenFilter()], contexts), strict=True):
             item_ids = emb.item_ids[cands.rows]
             positives = later.get(user, set())
             parts.append(pd.DataFrame({

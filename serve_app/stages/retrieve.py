@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from serve_app.stages.filters import Filter, FilterContext, apply_filters, exclusion_budget
+
 
 @dataclass(frozen=True)
 class Candidates:
@@ -39,18 +41,18 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
 
 
 def retrieve(
-    index: faiss.Index, queries: np.ndarray, n: int, exclude: Sequence[np.ndarray]
-) -> list[Candidates]:
-    """Top-n candidates per query that are not in that query's `exclude` rows.
+    index: faiss.Index, queries: np.ndarray, n: int, filters: Sequence[Filter], contexts: Sequence[FilterContext]
+) -> list[tuple[Candidates, dict[str, int]]]:
+    """Top-n candidates per query that survive `filters`, with what each filter removed.
 
-    Fetches n + the largest exclusion set in the batch, so excluded items never crowd out the n.
+    Fetches n plus the largest exclusion budget in the batch, so filtered items never crowd out the n.
     """
-    fetch = n + max((len(e) for e in exclude), default=0)
+    fetch = n + max((exclusion_budget(filters, c) for c in contexts), default=0)
     scores, rows = search(index, queries, fetch)
     out = []
-    for s, r, ex in zip(scores, rows, exclude, strict=True):
-        keep = r >= 0
-        if len(ex):
-            keep &= ~np.isin(r, ex)
-        out.append(Candidates(r[keep][:n].astype(np.int64), s[keep][:n].astype(np.float32)))
+    for s, r, ctx in zip(scores, rows, contexts, strict=True):
+        valid = r >= 0
+        s, r = s[valid], r[valid]
+        keep, report = apply_filters(filters, r, ctx)
+        out.append((Candidates(r[keep][:n].astype(np.int64), s[keep][:n].astype(np.float32)), report))
     return out

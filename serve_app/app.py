@@ -1,0 +1,194 @@
+"""The Serve application: Ingress (FastAPI) -> UserFeatures -> Retriever -> Ranker, and `build_app`.
+
+`serve deploy cluster/serve_config.yaml` and `serve.run(build_app(AppArgs(...)))` both come here.
+(No `from __future__ import annotations`: Serve reads build_app's annotation to validate the args.)
+"""
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.bundle import load_bundle
+from serve_app.deployments import BundleHolder, Ranker, Retriever, UserFeatures, timed
+from serve_app.http import RequestContextMiddleware, install_error_handlers
+from serve_app.schemas import (
+    ErrorResponse,
+    HealthResponse,
+    ItemScore,
+    RecommendRequest,
+    RecommendResponse,
+    VersionResponse,
+)
+from serve_app.stages import pipeline
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RETRY_AFTER_S = 1
+
+
+class AppArgs(BaseModel):
+    """Arguments of the application (the `args:` block of serve_config.yaml). Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: str = Field("artifacts/current", description="bundle directory; `current` is resolved at deploy")
+    feature_repo: str = Field("feature_repo", description="Feast repository (feature_store.yaml and registry)")
+    feature_store_yaml: str | None = Field(None, description="another feature_store.yaml, e.g. the Redis one")
+    n_candidates: int = Field(200, ge=1, le=5_000)
+    request_timeout_s: float = Field(1.0, gt=0, le=60, description="deadline for the whole stage chain")
+    user_features_timeout_ms: float = Field(50, gt=0, le=10_000)
+    user_features_cache_ttl_s: float = Field(30, ge=0)
+    blocked_item_ids: list[int] = Field(default_factory=list, description="business rule: never recommend")
+    max_batch_size: int = Field(16, ge=1, le=1_024)
+    batch_wait_timeout_s: float = Field(0.001, ge=0, le=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1_024)
+
+
+def resolve_path(path: str) -> Path:
+    """Relative paths are relative to RECSYS_HOME, or to this checkout when that is unset."""
+    p = Path(path)
+    return (p if p.is_absolute() else Path(os.environ.get("RECSYS_HOME", PROJECT_ROOT)) / p).resolve()
+
+
+class BodyLimit:
+    max_bytes = 64 * 1024
+
+
+api = FastAPI(
+    title="recsys",
+    description="Two-stage recommendations: FAISS retrieval, XGBoost ranking, Feast features.",
+    version="0.1.0",
+)
+install_error_handlers(api)
+api.add_middleware(RequestContextMiddleware, max_body_bytes=lambda: BodyLimit.max_bytes, echo_request_id=False)
+
+
+def _is_backpressure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BackPressureError) or "BackPressureError" in type(seen).__name__:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=64,
+    max_queued_requests=256,
+    backpressure_config={"status_code": 503, "retry_after_s": RETRY_AFTER_S},
+)
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, user_features: DeploymentHandle, retriever: DeploymentHandle, ranker: DeploymentHandle,
+                 max_body_bytes: int) -> None:
+        self.user_features, self.retriever, self.ranker = user_features, retriever, ranker
+        BodyLimit.max_bytes = max_body_bytes
+        self.holder = BundleHolder()
+        self.filters: list = []
+        self.n_candidates, self.deadline_s = 200, 1.0
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        blocked = config.get("blocked_item_ids", [])
+        self.holder.load(config["bundle"])
+        self.filters = pipeline.filters_for(self.holder.require(), blocked)
+        self.n_candidates = int(config.get("n_candidates", 200))
+        self.deadline_s = float(config.get("request_timeout_s", 1.0))
+
+    def check_health(self) -> None:
+        self.holder.require()
+
+    @api.post(
+        "/recommend",
+        response_model=RecommendResponse,
+        responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    )
+    async def recommend(self, body: RecommendRequest, request: Request) -> RecommendResponse:
+        start = time.perf_counter()
+        exclude = tuple(body.exclude_item_ids)
+        features = self.user_features.get.remote(body.user_id)
+        candidates = self.retriever.retrieve.remote(features, self.n_candidates, exclude)
+        ranked = self.ranker.rank.remote(features, candidates)
+        try:
+            result = await asyncio.wait_for(ranked, self.deadline_s)
+        except Exception as exc:
+            if _is_backpressure(exc):
+                raise HTTPException(503, "overloaded: retry later", headers={"Retry-After": str(RETRY_AFTER_S)}) \
+                    from exc
+            result = await self._after_failure(body, candidates, exc)
+        if not len(result.item_ids) and result.fallback is not None:
+            pop = pipeline.popular(self.holder.require(), self.filters, body.user_id, body.k, exclude, result.fallback)
+            result = pipeline.replace(pop, degraded=result.degraded, reason=result.reason,
+                                      timings_ms={**result.timings_ms, **pop.timings_ms})
+        timings = {**result.timings_ms, "total": timed(start)} if body.debug else None
+        return RecommendResponse(
+            user_id=body.user_id,
+            items=[ItemScore(item_id=int(i), score=float(s))
+                   for i, s in zip(result.item_ids[: body.k], result.scores[: body.k], strict=True)],
+            bundle_version=result.bundle_version,
+            degraded=result.degraded,
+            fallback=result.fallback,
+            degraded_reason=result.reason,
+            request_id=request.state.request_id,
+            timings_ms=timings,
+            filtered=result.filtered if body.debug else None,
+        )
+
+    async def _after_failure(self, body: RecommendRequest, candidates: Any, exc: BaseException) -> pipeline.Scored:
+        """Ranking failed or timed out: answer in retrieval order if retrieval succeeded, else by popularity."""
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        try:
+            retrieved = await asyncio.wait_for(candidates, max(0.05, self.deadline_s / 4))
+        except Exception:
+            bundle = self.holder.require()
+            return pipeline.Scored(pipeline.EMPTY_IDS, pipeline.EMPTY_SCORES, bundle.version,
+                                   fallback="retriever_unavailable", degraded=True, reason=reason)
+        if retrieved.fallback is not None:
+            return retrieved
+        return pipeline.replace(retrieved, fallback="ranker_unavailable", degraded=True, reason=reason)
+
+    @api.get("/healthz", response_model=HealthResponse)
+    async def healthz(self) -> HealthResponse:
+        return HealthResponse(status="ok", bundle_version=self.holder.require().version)
+
+    @api.get("/version", response_model=VersionResponse)
+    async def version(self) -> VersionResponse:
+        bundle = self.holder.require()
+        stages: dict[str, str] = {}
+        refused = {"ingress": self.holder.refused["error"]} if self.holder.refused else {}
+        for name, handle in (("retriever", self.retriever), ("ranker", self.ranker)):
+            try:
+                info = await asyncio.wait_for(handle.version.remote(), 2.0)
+            except Exception as exc:
+                stages[name] = f"unavailable ({type(exc).__name__})"
+                continue
+            stages[name] = info["version"]
+            if info["refused"]:
+                refused[name] = info["refused"]["error"]
+        return VersionResponse(bundle_version=bundle.version, bundle_path=str(bundle.path), stages=stages,
+                               refused=refused or None)
+
+
+def build_app(args: AppArgs) -> serve.Application:
+    """Check the bundle now (a bad one fails the deploy, not the first request), then wire the graph."""
+    bundle = load_bundle(resolve_path(args.bundle))
+    stage = {"bundle": str(bundle.path), "max_batch_size": args.max_batch_size,
+             "batch_wait_timeout_s": args.batch_wait_timeout_s}
+    repo = resolve_path(args.feature_repo)
+    yaml = str(resolve_path(args.feature_store_yaml)) if args.feature_store_yaml else None
+    user_features = UserFeatures.options(user_config={
+        "timeout_ms": args.user_features_timeout_ms, "cache_ttl_s": args.user_features_cache_ttl_s,
+    }).bind(str(repo), yaml)
+    retriever = Retriever.options(user_config={**stage, "blocked_item_ids": args.blocked_item_ids}).bind()
+    ranker = Ranker.options(user_config=stage).bind()
+    return Ingress.options(user_config={
+        "bundle": str(bundle.path), "n_candidates": args.n_candidates,
+        "request_timeout_s": args.request_timeout_s, "blocked_item_ids": args.blocked_item_ids,
+    }).bind(user_features, retriever, ranker, args.max_body_bytes)

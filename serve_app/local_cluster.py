@@ -1,0 +1,161 @@
+"""`make run` / `make stop`: a local Ray head on 127.0.0.1 with the app deployed by `serve deploy`.
+
+The head runs as `ray start --head --block` in its own session; everything Ray starts for it (GCS,
+raylet, dashboard, workers) descends from that one process, so `stop` ends exactly that process tree
+and nothing else Ray may be running on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = ROOT / ".run" / "cluster.json"
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "FEAST_DISABLE_USAGE": "1"}
+
+
+def _alive(state: dict) -> bool:
+    return psutil.pid_exists(state["pid"]) and psutil.Process(state["pid"]).status() != psutil.STATUS_ZOMBIE
+
+
+def start_head(state_file: Path = STATE, num_cpus: int = 2) -> dict:
+    """Start a Ray head bound to 127.0.0.1 and wait until its dashboard (serve deploy's API) answers."""
+    gcs, dashboard = _free_port(), _free_port()
+    # Short and unique per checkout: Ray's socket paths must stay under 107 characters.
+    temp_dir = Path(tempfile.gettempdir()) / f"recsys-ray-{hashlib.sha1(str(state_file).encode()).hexdigest()[:8]}"
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    log = (state_file.parent / "ray-head.log").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+        stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True, cwd=ROOT,
+    )
+    state = {"pid": proc.pid, "gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}",
+             "temp_dir": str(temp_dir)}
+    state_file.write_text(json.dumps(state))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start exited with {proc.returncode}; see {log.name}")
+        try:
+            if httpx.get(f"{state['dashboard']}/api/version", timeout=2).status_code == 200:
+                return state
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    stop(state_file)
+    raise RuntimeError(f"Ray head did not come up within 120 s; see {log.name}")
+
+
+def deploy(state: dict, config: Path, http_port: int | None = None) -> Path:
+    """`serve deploy` the config (with its HTTP port replaced when asked) to the head in `state`."""
+    if http_port is not None:
+        data = yaml.safe_load(config.read_text())
+        data.setdefault("http_options", {})["port"] = http_port
+        config = Path(state["temp_dir"] + "-serve_config.yaml")
+        config.write_text(yaml.safe_dump(data))
+    subprocess.run([str(BIN / "serve"), "deploy", str(config), "--address", state["dashboard"]],
+                   check=True, env=_env(), cwd=ROOT)
+    return config
+
+
+def wait_healthy(base_url: str, state: dict, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        status = subprocess.run([str(BIN / "serve"), "status", "--address", state["dashboard"]],
+                                capture_output=True, text=True, env=_env()).stdout
+        if "DEPLOY_FAILED" in status:
+            raise RuntimeError(f"the application failed to deploy:\n{status}")
+        time.sleep(2)
+    raise RuntimeError(f"{base_url}/healthz did not answer within {timeout_s:.0f} s")
+
+
+def stop(state_file: Path = STATE) -> bool:
+    """Terminate the process tree of the head this checkout started; True if there was one."""
+    if not state_file.exists():
+        return False
+    state = json.loads(state_file.read_text())
+    try:
+        root = psutil.Process(state["pid"])
+        tree = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    state_file.unlink(missing_ok=True)
+    return bool(tree)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serve_app.local_cluster")
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--config", default=str(ROOT / "cluster" / "serve_config.yaml"))
+    parser.add_argument("--artifacts", default="artifacts")
+    parser.add_argument("--repo", default="feature_repo")
+    args = parser.parse_args(argv)
+    if args.action == "stop":
+        print("stopped the local Ray cluster" if stop() else "no local Ray cluster from this checkout is running")
+        return 0
+    if STATE.exists() and _alive(json.loads(STATE.read_text())):
+        print("a local Ray cluster from this checkout is already running; `make stop` first to restart it")
+        return 1
+    config = Path(args.config)
+    port = yaml.safe_load(config.read_text()).get("http_options", {}).get("port", 8000)
+    state = start_head()
+    try:
+        deploy(state, config)
+        wait_healthy(f"http://127.0.0.1:{port}", state)
+    except Exception:
+        stop()
+        raise
+    print(f"""
+The recommender is up on http://127.0.0.1:{port} (Ray dashboard: {state['dashboard']}).
+Try:
+  curl -s -X POST http://127.0.0.1:{port}/recommend -H 'Content-Type: application/json' \\
+       -d '{{"user_id": 1, "k": 5}}'
+API docs: http://127.0.0.1:{port}/docs     Stop it with: make stop
+""")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

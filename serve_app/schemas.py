@@ -1,0 +1,59 @@
+"""HTTP models: what a client may send and what it gets back (design section 8)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_K = 100
+MAX_EXCLUDE = 1_000
+
+
+class RecommendRequest(BaseModel):
+    # strict: "5" is not an int and true is not a number; extra=forbid: a typo is an error, not ignored.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: int = Field(ge=0, le=2**63 - 1, description="The user to recommend to")
+    k: int = Field(10, ge=1, le=MAX_K, description=f"How many items to return (1..{MAX_K})")
+    exclude_item_ids: list[int] = Field(
+        default_factory=list, max_length=MAX_EXCLUDE, description="Items that must not be recommended"
+    )
+    debug: bool = Field(False, description="Add per-stage timings and filter counts to the answer")
+
+
+class ItemScore(BaseModel):
+    item_id: int
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    user_id: int
+    items: list[ItemScore]
+    bundle_version: str
+    degraded: bool = Field(description="True when part of the pipeline failed and the answer is a fallback")
+    fallback: str | None = Field(
+        description="Why the normal path was not used: unknown_user, missing_embedding, "
+        "user_features_unavailable, retriever_unavailable, ranker_unavailable; null when it was"
+    )
+    request_id: str
+    degraded_reason: str | None = None
+    timings_ms: dict[str, float] | None = None
+    filtered: dict[str, int] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    message: str
+    request_id: str | None = None
+    details: list[dict] | None = None
+
+
+class VersionResponse(BaseModel):
+    bundle_version: str
+    bundle_path: str
+    stages: dict[str, str]
+    refused: dict[str, str] | None = None
+
+
+class HealthResponse(BaseModel):
+    status: str
+    bundle_version: str
