@@ -13,11 +13,11 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.bundle import load_bundle
 from serve_app.deployments import BundleHolder, Ranker, Retriever, UserFeatures, timed
+from serve_app.flow import Overloaded, RecommendFlow
 from serve_app.http import RequestContextMiddleware, install_error_handlers
 from serve_app.schemas import (
     ErrorResponse,
@@ -39,7 +39,9 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bundle: str = Field("artifacts/current", description="bundle directory; `current` is resolved at deploy")
-    feature_repo: str = Field("feature_repo", description="Feast repository (feature_store.yaml and registry)")
+    feature_repo: str = Field(
+        "feature_repo", description="Feast repository (feature_store.yaml and registry)"
+    )
     feature_store_yaml: str | None = Field(None, description="another feature_store.yaml, e.g. the Redis one")
     n_candidates: int = Field(200, ge=1, le=5_000)
     request_timeout_s: float = Field(1.0, gt=0, le=60, description="deadline for the whole stage chain")
@@ -48,7 +50,6 @@ class AppArgs(BaseModel):
     blocked_item_ids: list[int] = Field(default_factory=list, description="business rule: never recommend")
     max_batch_size: int = Field(16, ge=1, le=1_024)
     batch_wait_timeout_s: float = Field(0.001, ge=0, le=1)
-    max_body_bytes: int = Field(64 * 1024, ge=1_024)
 
 
 def resolve_path(path: str) -> Path:
@@ -57,26 +58,13 @@ def resolve_path(path: str) -> Path:
     return (p if p.is_absolute() else Path(os.environ.get("RECSYS_HOME", PROJECT_ROOT)) / p).resolve()
 
 
-class BodyLimit:
-    max_bytes = 64 * 1024
-
-
 api = FastAPI(
     title="recsys",
     description="Two-stage recommendations: FAISS retrieval, XGBoost ranking, Feast features.",
     version="0.1.0",
 )
 install_error_handlers(api)
-api.add_middleware(RequestContextMiddleware, max_body_bytes=lambda: BodyLimit.max_bytes, echo_request_id=False)
-
-
-def _is_backpressure(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, BackPressureError) or "BackPressureError" in type(seen).__name__:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+api.add_middleware(RequestContextMiddleware, echo=False)
 
 
 @serve.deployment(
@@ -87,10 +75,14 @@ def _is_backpressure(exc: BaseException) -> bool:
 )
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, user_features: DeploymentHandle, retriever: DeploymentHandle, ranker: DeploymentHandle,
-                 max_body_bytes: int) -> None:
-        self.user_features, self.retriever, self.ranker = user_features, retriever, ranker
-        BodyLimit.max_bytes = max_body_bytes
+    def __init__(
+        self,
+        user_features: DeploymentHandle,
+        retriever: DeploymentHandle,
+        ranker: DeploymentHandle,
+    ) -> None:
+        self.retriever, self.ranker = retriever, ranker
+        self.flow = RecommendFlow(user_features.get.remote, retriever.retrieve.remote, ranker.rank.remote)
         self.holder = BundleHolder()
         self.filters: list = []
         self.n_candidates, self.deadline_s = 200, 1.0
@@ -108,30 +100,37 @@ class Ingress:
     @api.post(
         "/recommend",
         response_model=RecommendResponse,
-        responses={413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+        responses={
+            413: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+        },
     )
     async def recommend(self, body: RecommendRequest, request: Request) -> RecommendResponse:
         start = time.perf_counter()
-        exclude = tuple(body.exclude_item_ids)
-        features = self.user_features.get.remote(body.user_id)
-        candidates = self.retriever.retrieve.remote(features, self.n_candidates, exclude)
-        ranked = self.ranker.rank.remote(features, candidates)
         try:
-            result = await asyncio.wait_for(ranked, self.deadline_s)
-        except Exception as exc:
-            if _is_backpressure(exc):
-                raise HTTPException(503, "overloaded: retry later", headers={"Retry-After": str(RETRY_AFTER_S)}) \
-                    from exc
-            result = await self._after_failure(body, candidates, exc)
-        if not len(result.item_ids) and result.fallback is not None:
-            pop = pipeline.popular(self.holder.require(), self.filters, body.user_id, body.k, exclude, result.fallback)
-            result = pipeline.replace(pop, degraded=result.degraded, reason=result.reason,
-                                      timings_ms={**result.timings_ms, **pop.timings_ms})
+            result = await self.flow.run(
+                self.holder.require(),
+                self.filters,
+                body.user_id,
+                body.k,
+                tuple(body.exclude_item_ids),
+                self.n_candidates,
+                self.deadline_s,
+            )
+        except Overloaded as exc:
+            raise HTTPException(
+                503,
+                f"overloaded ({exc}); retry after {RETRY_AFTER_S}s",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from exc
         timings = {**result.timings_ms, "total": timed(start)} if body.debug else None
         return RecommendResponse(
             user_id=body.user_id,
-            items=[ItemScore(item_id=int(i), score=float(s))
-                   for i, s in zip(result.item_ids[: body.k], result.scores[: body.k], strict=True)],
+            items=[
+                ItemScore(item_id=int(i), score=float(s))
+                for i, s in zip(result.item_ids[: body.k], result.scores[: body.k], strict=True)
+            ],
             bundle_version=result.bundle_version,
             degraded=result.degraded,
             fallback=result.fallback,
@@ -140,19 +139,6 @@ class Ingress:
             timings_ms=timings,
             filtered=result.filtered if body.debug else None,
         )
-
-    async def _after_failure(self, body: RecommendRequest, candidates: Any, exc: BaseException) -> pipeline.Scored:
-        """Ranking failed or timed out: answer in retrieval order if retrieval succeeded, else by popularity."""
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        try:
-            retrieved = await asyncio.wait_for(candidates, max(0.05, self.deadline_s / 4))
-        except Exception:
-            bundle = self.holder.require()
-            return pipeline.Scored(pipeline.EMPTY_IDS, pipeline.EMPTY_SCORES, bundle.version,
-                                   fallback="retriever_unavailable", degraded=True, reason=reason)
-        if retrieved.fallback is not None:
-            return retrieved
-        return pipeline.replace(retrieved, fallback="ranker_unavailable", degraded=True, reason=reason)
 
     @api.get("/healthz", response_model=HealthResponse)
     async def healthz(self) -> HealthResponse:
@@ -172,23 +158,37 @@ class Ingress:
             stages[name] = info["version"]
             if info["refused"]:
                 refused[name] = info["refused"]["error"]
-        return VersionResponse(bundle_version=bundle.version, bundle_path=str(bundle.path), stages=stages,
-                               refused=refused or None)
+        return VersionResponse(
+            bundle_version=bundle.version,
+            bundle_path=str(bundle.path),
+            stages=stages,
+            refused=refused or None,
+        )
 
 
 def build_app(args: AppArgs) -> serve.Application:
     """Check the bundle now (a bad one fails the deploy, not the first request), then wire the graph."""
     bundle = load_bundle(resolve_path(args.bundle))
-    stage = {"bundle": str(bundle.path), "max_batch_size": args.max_batch_size,
-             "batch_wait_timeout_s": args.batch_wait_timeout_s}
+    stage = {
+        "bundle": str(bundle.path),
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_timeout_s": args.batch_wait_timeout_s,
+    }
     repo = resolve_path(args.feature_repo)
     yaml = str(resolve_path(args.feature_store_yaml)) if args.feature_store_yaml else None
-    user_features = UserFeatures.options(user_config={
-        "timeout_ms": args.user_features_timeout_ms, "cache_ttl_s": args.user_features_cache_ttl_s,
-    }).bind(str(repo), yaml)
+    user_features = UserFeatures.options(
+        user_config={
+            "timeout_ms": args.user_features_timeout_ms,
+            "cache_ttl_s": args.user_features_cache_ttl_s,
+        }
+    ).bind(str(repo), yaml)
     retriever = Retriever.options(user_config={**stage, "blocked_item_ids": args.blocked_item_ids}).bind()
     ranker = Ranker.options(user_config=stage).bind()
-    return Ingress.options(user_config={
-        "bundle": str(bundle.path), "n_candidates": args.n_candidates,
-        "request_timeout_s": args.request_timeout_s, "blocked_item_ids": args.blocked_item_ids,
-    }).bind(user_features, retriever, ranker, args.max_body_bytes)
+    return Ingress.options(
+        user_config={
+            "bundle": str(bundle.path),
+            "n_candidates": args.n_candidates,
+            "request_timeout_s": args.request_timeout_s,
+            "blocked_item_ids": args.blocked_item_ids,
+        }
+    ).bind(user_features, retriever, ranker)

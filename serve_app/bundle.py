@@ -81,11 +81,16 @@ def write_bundle(
     staging.mkdir(parents=True, exist_ok=False)
     faiss.write_index(index, str(staging / "index.faiss"))
     ranker.save_model(str(staging / "ranker.ubj"))
-    np.savez(staging / "items.npz", item_ids=item_ids.astype(np.int64),
-             **{k: np.asarray(v, dtype=np.float64) for k, v in item_columns.items()})
+    np.savez(
+        staging / "items.npz",
+        item_ids=item_ids.astype(np.int64),
+        **{k: np.asarray(v, dtype=np.float64) for k, v in item_columns.items()},
+    )
     np.save(staging / "popular.npy", popular_rows.astype(np.int64))
     np.savez(staging / "history.npz", user_ids=history.user_ids, indptr=history.indptr, rows=history.rows)
-    files = {name: {"sha256": sha256(staging / name), "bytes": (staging / name).stat().st_size} for name in FILES}
+    files = {
+        name: {"sha256": sha256(staging / name), "bytes": (staging / name).stat().st_size} for name in FILES
+    }
     full = {
         **manifest,
         "format": FORMAT,
@@ -153,11 +158,16 @@ def load_bundle(path: str | Path) -> Bundle:
             raise _fail(path, f"{name} is missing")
         if expected is None or sha256(path / name) != expected:
             raise _fail(path, f"{name} does not match its checksum in manifest.json (corrupt or altered)")
-    for key, ours in (("feature_names", FEATURE_NAMES), ("user_feature_names", USER_FEATURES),
-                      ("item_feature_names", ITEM_FEATURES)):
+    for key, ours in (
+        ("feature_names", FEATURE_NAMES),
+        ("user_feature_names", USER_FEATURES),
+        ("item_feature_names", ITEM_FEATURES),
+    ):
         theirs = tuple(manifest.get(key, ()))
         if theirs != ours:
-            raise _fail(path, f"{key} in manifest.json differ from serve_app/features.py: {_diff(theirs, ours)}")
+            raise _fail(
+                path, f"{key} in manifest.json differ from serve_app/features.py: {_diff(theirs, ours)}"
+            )
     try:
         index = faiss.read_index(str(path / "index.faiss"))
         ranker = load_ranker(str(path / "ranker.ubj"))
@@ -177,7 +187,9 @@ def load_bundle(path: str | Path) -> Bundle:
         raise _fail(path, f"index dimension is {index.d}, manifest embedding_dim is {dim}")
     n = len(items.item_ids)
     if index.ntotal != n or manifest.get("n_items") != n:
-        raise _fail(path, f"index holds {index.ntotal} items, item snapshot {n}, manifest {manifest.get('n_items')}")
+        raise _fail(
+            path, f"index holds {index.ntotal} items, item snapshot {n}, manifest {manifest.get('n_items')}"
+        )
     for name, col in items.columns.items():
         if col.shape != (n,):
             raise _fail(path, f"item feature {name} has {col.shape[0]} rows, expected {n}")

@@ -29,8 +29,14 @@ def _synth_args(p: argparse.ArgumentParser) -> None:
 def _spec(args: argparse.Namespace):
     from serve_app.offline.synth import SynthSpec
 
-    return SynthSpec(n_items=args.items, n_users=args.users, mean_interactions=args.mean_interactions,
-                     n_clusters=args.clusters, weeks=args.weeks, seed=args.seed)
+    return SynthSpec(
+        n_items=args.items,
+        n_users=args.users,
+        mean_interactions=args.mean_interactions,
+        n_clusters=args.clusters,
+        weeks=args.weeks,
+        seed=args.seed,
+    )
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -46,7 +52,11 @@ def cmd_build(args: argparse.Namespace) -> None:
     from serve_app.offline.data import load_movielens
     from serve_app.offline.pipeline import build
 
-    cfg = BuildConfig.model_validate(json.loads(Path(args.config).read_text())) if args.config else BuildConfig()
+    cfg = (
+        BuildConfig.model_validate(json.loads(Path(args.config).read_text()))
+        if args.config
+        else BuildConfig()
+    )
     if args.data:
         data = load_movielens(args.data, strict=args.strict)
     else:
@@ -61,13 +71,17 @@ def cmd_build(args: argparse.Namespace) -> None:
         print(f"warning: {line}", file=sys.stderr)
     if len(data.skipped) > 10:
         print(f"warning: ... {len(data.skipped) - 10} more rows skipped", file=sys.stderr)
-    path, _ = build(data, cfg, Path(args.repo).resolve(), Path(args.artifacts).resolve(), progress=not args.quiet)
+    path, _ = build(
+        data, cfg, Path(args.repo).resolve(), Path(args.artifacts).resolve(), progress=not args.quiet
+    )
     print(f"bundle {path.name} published at {path} (current -> {path.name})")
 
 
 def vars_of(args: argparse.Namespace) -> str:
-    return (f"items={args.items} users={args.users} mean_interactions={args.mean_interactions} "
-            f"clusters={args.clusters} weeks={args.weeks} seed={args.seed}")
+    return (
+        f"items={args.items} users={args.users} mean_interactions={args.mean_interactions} "
+        f"clusters={args.clusters} weeks={args.weeks} seed={args.seed}"
+    )
 
 
 def _bundle_path(args: argparse.Namespace) -> Path:
@@ -88,8 +102,10 @@ def cmd_verify(args: argparse.Namespace) -> None:
     from serve_app.bundle import load_bundle
 
     bundle = load_bundle(_bundle_path(args))
-    print(f"bundle {bundle.version} OK: {len(bundle.items.item_ids):,} items, dim {bundle.embedding_dim}, "
-          f"index {bundle.manifest['index']['kind']}")
+    print(
+        f"bundle {bundle.version} OK: {len(bundle.items.item_ids):,} items, dim {bundle.embedding_dim}, "
+        f"index {bundle.manifest['index']['kind']}"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -98,15 +114,22 @@ def parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="write an interaction log in MovieLens format")
     data_sub = data.add_subparsers(dest="source", required=True)
-    synth = data_sub.add_parser("synth", help="seeded synthetic data with taste clusters and power-law popularity")
+    synth = data_sub.add_parser(
+        "synth", help="seeded synthetic data with taste clusters and power-law popularity"
+    )
     _synth_args(synth)
     synth.add_argument("--out", required=True)
     synth.set_defaults(func=cmd_synth)
 
     build = sub.add_parser("build", help="data -> feast apply/materialize -> train -> evaluate -> bundle")
-    build.add_argument("--data", help="directory with MovieLens-format ratings.csv and movies.csv "
-                                      "(default: synthetic data from the flags below)")
-    build.add_argument("--strict", action="store_true", help="fail on ratings of items missing from movies.csv")
+    build.add_argument(
+        "--data",
+        help="directory with MovieLens-format ratings.csv and movies.csv "
+        "(default: synthetic data from the flags below)",
+    )
+    build.add_argument(
+        "--strict", action="store_true", help="fail on ratings of items missing from movies.csv"
+    )
     build.add_argument("--config", help="JSON file with BuildConfig overrides (serve_app/config.py)")
     build.add_argument("--repo", default=os.environ.get("RECSYS_FEATURE_REPO", str(DEFAULT_REPO)))
     build.add_argument("--artifacts", default=os.environ.get("RECSYS_ARTIFACTS", str(DEFAULT_ARTIFACTS)))
@@ -114,8 +137,10 @@ def parser() -> argparse.ArgumentParser:
     _synth_args(build)
     build.set_defaults(func=cmd_build)
 
-    for name, func, text in (("evaluate", cmd_evaluate, "print a bundle's evaluation table"),
-                             ("verify", cmd_verify, "load and check a bundle as the server would")):
+    for name, func, text in (
+        ("evaluate", cmd_evaluate, "print a bundle's evaluation table"),
+        ("verify", cmd_verify, "load and check a bundle as the server would"),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("bundle", nargs="?", help="bundle directory (default: the current one)")
         sp.add_argument("--artifacts", default=os.environ.get("RECSYS_ARTIFACTS", str(DEFAULT_ARTIFACTS)))

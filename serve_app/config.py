@@ -44,10 +44,15 @@ class RankerConfig(Strict):
 class BuildConfig(Strict):
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     min_user_interactions: int = Field(5, ge=2)
-    max_users_per_group: int = Field(3_000, ge=10, description="users sampled for ranker training and for eval")
+    max_users_per_group: int = Field(
+        3_000, ge=10, description="users sampled for ranker training and for eval"
+    )
     n_candidates: int = Field(200, ge=10, le=5_000, description="retrieval depth fed to the ranker")
     item_snapshots: int | None = Field(
-        None, ge=2, le=64, description="item-feature snapshots for point-in-time training; default by catalogue size"
+        None,
+        ge=2,
+        le=64,
+        description="item-feature snapshots for point-in-time training; default by catalogue size",
     )
     n_popular: int = Field(1_000, ge=10, description="length of the popularity fallback list")
     seed: int = 0

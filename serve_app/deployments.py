@@ -59,7 +59,9 @@ class UserFeatures:
         # The first read loads the registry and opens the store (~100s of ms): pay it before traffic.
         try:
             self._fetch(-1)
-        except Exception as exc:  # a store that is down at start-up degrades requests; it does not block start
+        except (
+            Exception
+        ) as exc:  # a store that is down at start-up degrades requests; it does not block start
             log.warning("online store not reachable at start-up: %s", exc)
         self.reader = UserFeatureReader(self._fetch)
 

@@ -57,8 +57,8 @@ def _column(values: Any, n: int) -> np.ndarray:
     """float64 column of length n; None/NA -> NaN (XGBoost's missing value), scalars broadcast."""
     if values is None:
         return np.full(n, np.nan)
-    if isinstance(values, int | float | np.number):
-        return np.full(n, float(values))
+    if np.ndim(values) == 0:
+        return np.full(n, np.nan if pd.isna(values) else float(values))
     arr = np.asarray(values)
     if arr.dtype.kind not in "fiub":
         # Object columns from Feast frames (pandas NA, None): coerce once, missing -> NaN.
@@ -80,17 +80,21 @@ def _category_share(shares: Any, category: np.ndarray) -> np.ndarray:
         return out
     arr = np.asarray(shares) if not isinstance(shares, np.ndarray) else shares
     if arr.dtype.kind in "fiu" and arr.ndim == 1:  # one user's vector (serving)
-        table, row_of = arr.astype(np.float64)[None, :], np.zeros(n, dtype=np.int64)
+        table = arr.astype(np.float64)[None, :]
+        row_of = np.zeros(n, dtype=np.int64)
     elif arr.dtype.kind in "fiu" and arr.ndim == 2:  # one vector per row, all the same length
-        table, row_of = arr.astype(np.float64), np.arange(n)
+        table = arr.astype(np.float64)
+        row_of = np.arange(n)
     else:  # object column from a Feast frame: per-row vectors, None/NaN where the user was unknown
-        vectors = [np.asarray(v, dtype=np.float64).reshape(-1) if np.ndim(v) == 1 else np.empty(0) for v in arr]
+        vectors = [
+            np.asarray(v, dtype=np.float64).reshape(-1) if np.ndim(v) == 1 else np.empty(0) for v in arr
+        ]
         width = max((len(v) for v in vectors), default=0)
         table = np.full((len(vectors), width), np.nan)
         for i, v in enumerate(vectors):
             table[i, : len(v)] = v
         row_of = np.arange(n)
-    if table.shape[0] != 1 and table.shape[0] != n:
+    if len(row_of) and row_of[-1] > 0 and table.shape[0] != n:  # per-row input of the wrong length
         raise ValueError(f"user_category_share has {table.shape[0]} rows, expected {n}")
     valid = np.isfinite(category) & (category >= 0) & (category < table.shape[1])
     out[valid] = table[row_of[valid], category[valid].astype(np.int64)]

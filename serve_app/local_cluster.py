@@ -8,6 +8,7 @@ and nothing else Ray may be running on the machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -34,29 +35,59 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "FEAST_DISABLE_USAGE": "1"}
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {
+        **os.environ,
+        **(extra or {}),
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "FEAST_DISABLE_USAGE": "1",
+    }
 
 
 def _alive(state: dict) -> bool:
     return psutil.pid_exists(state["pid"]) and psutil.Process(state["pid"]).status() != psutil.STATUS_ZOMBIE
 
 
-def start_head(state_file: Path = STATE, num_cpus: int = 2) -> dict:
-    """Start a Ray head bound to 127.0.0.1 and wait until its dashboard (serve deploy's API) answers."""
+def start_head(state_file: Path = STATE, num_cpus: int = 2, env: dict[str, str] | None = None) -> dict:
+    """Start a Ray head bound to 127.0.0.1 and wait until its dashboard (serve deploy's API) answers.
+
+    `env` reaches every replica (e.g. RECSYS_HOME, which relative paths in the app args resolve against).
+    """
     gcs, dashboard = _free_port(), _free_port()
     # Short and unique per checkout: Ray's socket paths must stay under 107 characters.
-    temp_dir = Path(tempfile.gettempdir()) / f"recsys-ray-{hashlib.sha1(str(state_file).encode()).hexdigest()[:8]}"
+    temp_dir = (
+        Path(tempfile.gettempdir()) / f"recsys-ray-{hashlib.sha1(str(state_file).encode()).hexdigest()[:8]}"
+    )
     state_file.parent.mkdir(parents=True, exist_ok=True)
     log = (state_file.parent / "ray-head.log").open("w")
     proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         f"--num-cpus={num_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True, cwd=ROOT,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            f"--num-cpus={num_cpus}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env(),
+        start_new_session=True,
+        cwd=ROOT,
     )
-    state = {"pid": proc.pid, "gcs": f"127.0.0.1:{gcs}", "dashboard": f"http://127.0.0.1:{dashboard}",
-             "temp_dir": str(temp_dir)}
+    state = {
+        "pid": proc.pid,
+        "gcs": f"127.0.0.1:{gcs}",
+        "dashboard": f"http://127.0.0.1:{dashboard}",
+        "temp_dir": str(temp_dir),
+    }
     state_file.write_text(json.dumps(state))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -79,8 +110,12 @@ def deploy(state: dict, config: Path, http_port: int | None = None) -> Path:
         data.setdefault("http_options", {})["port"] = http_port
         config = Path(state["temp_dir"] + "-serve_config.yaml")
         config.write_text(yaml.safe_dump(data))
-    subprocess.run([str(BIN / "serve"), "deploy", str(config), "--address", state["dashboard"]],
-                   check=True, env=_env(), cwd=ROOT)
+    subprocess.run(
+        [str(BIN / "serve"), "deploy", str(config), "--address", state["dashboard"]],
+        check=True,
+        env=_env(),
+        cwd=ROOT,
+    )
     return config
 
 
@@ -92,8 +127,12 @@ def wait_healthy(base_url: str, state: dict, timeout_s: float = 300) -> None:
                 return
         except httpx.HTTPError:
             pass
-        status = subprocess.run([str(BIN / "serve"), "status", "--address", state["dashboard"]],
-                                capture_output=True, text=True, env=_env()).stdout
+        status = subprocess.run(
+            [str(BIN / "serve"), "status", "--address", state["dashboard"]],
+            capture_output=True,
+            text=True,
+            env=_env(),
+        ).stdout
         if "DEPLOY_FAILED" in status:
             raise RuntimeError(f"the application failed to deploy:\n{status}")
         time.sleep(2)
@@ -111,16 +150,12 @@ def stop(state_file: Path = STATE) -> bool:
     except psutil.NoSuchProcess:
         tree = []
     for p in tree:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(tree, timeout=15)
     for p in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     state_file.unlink(missing_ok=True)
     return bool(tree)
 
@@ -133,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", default="feature_repo")
     args = parser.parse_args(argv)
     if args.action == "stop":
-        print("stopped the local Ray cluster" if stop() else "no local Ray cluster from this checkout is running")
+        print(
+            "stopped the local Ray cluster"
+            if stop()
+            else "no local Ray cluster from this checkout is running"
+        )
         return 0
     if STATE.exists() and _alive(json.loads(STATE.read_text())):
         print("a local Ray cluster from this checkout is already running; `make stop` first to restart it")
@@ -148,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         stop()
         raise
     print(f"""
-The recommender is up on http://127.0.0.1:{port} (Ray dashboard: {state['dashboard']}).
+The recommender is up on http://127.0.0.1:{port} (Ray dashboard: {state["dashboard"]}).
 Try:
   curl -s -X POST http://127.0.0.1:{port}/recommend -H 'Content-Type: application/json' \\
        -d '{{"user_id": 1, "k": 5}}'

@@ -6,6 +6,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_K = 100
 MAX_EXCLUDE = 1_000
+# A valid request is at most ~20 KB (1,000 excluded ids); anything far beyond is refused with 413.
+MAX_BODY_BYTES = 64 * 1024
 
 
 class RecommendRequest(BaseModel):

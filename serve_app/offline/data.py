@@ -46,53 +46,66 @@ def _check_header(path: Path, expected: tuple[str, ...]) -> None:
         )
 
 
-def _first_bad_line(path: Path, bad: np.ndarray, what: str) -> DataError:
-    # +2: one for the header, one because files count lines from 1.
+def _first_bad_line(path: Path, bad: np.ndarray, what: str, lines: np.ndarray) -> DataError:
     row = int(np.flatnonzero(bad)[0])
-    return DataError(f"{path}:{row + 2}: {what} ({int(bad.sum())} bad rows in all)")
+    return DataError(f"{path}:{lines[row]}: {what} ({int(bad.sum())} bad rows in all)")
+
+
+def _read_rows(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """All fields as strings, blank lines dropped, and each row's line number in the file."""
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, engine="c")
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: malformed CSV: {exc}") from exc
+    # +2: one for the header, one because files count lines from 1 (blank lines were kept to count).
+    lines = np.arange(len(raw)) + 2
+    blank = (raw.fillna("") == "").all(axis=1).to_numpy()
+    return raw[~blank].reset_index(drop=True), lines[~blank]
 
 
 def _read_ratings(path: Path) -> pd.DataFrame:
     _check_header(path, RATINGS_COLUMNS)
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines="error", engine="c")
+    raw, lines = _read_rows(path)
     parsed = {c: pd.to_numeric(raw[c], errors="coerce") for c in RATINGS_COLUMNS}
     for col in RATINGS_COLUMNS:
         bad = parsed[col].isna().to_numpy()
         if bad.any():
             first = raw[col].iloc[np.flatnonzero(bad)[0]]
-            raise _first_bad_line(path, bad, f"{col} is not a number: {first!r}")
+            raise _first_bad_line(path, bad, f"{col} is not a number: {first!r}", lines)
     for col in ("userId", "movieId", "timestamp"):
         values = parsed[col].to_numpy()
         bad = (values != np.floor(values)) | (values < 0)
         if bad.any():
-            raise _first_bad_line(path, bad, f"{col} must be a non-negative integer")
+            raise _first_bad_line(path, bad, f"{col} must be a non-negative integer", lines)
     rating = parsed["rating"].to_numpy()
     bad = (rating < 0) | (rating > 10)
     if bad.any():
-        raise _first_bad_line(path, bad, "rating must be between 0 and 10")
+        raise _first_bad_line(path, bad, "rating must be between 0 and 10", lines)
     if len(raw) == 0:
         raise DataError(f"{path}: no rows after the header")
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "user_id": parsed["userId"].astype(np.int64),
             "item_id": parsed["movieId"].astype(np.int64),
             "rating": parsed["rating"].astype(np.float32),
             "ts": parsed["timestamp"].astype(np.int64),
+            "line": lines,
         }
     )
+    return frame
 
 
 def _read_movies(path: Path) -> tuple[pd.DataFrame, tuple[str, ...]]:
     _check_header(path, MOVIES_COLUMNS)
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines="error", engine="c")
+    raw, lines = _read_rows(path)
     ids = pd.to_numeric(raw["movieId"], errors="coerce")
     bad = ids.isna().to_numpy()
     if bad.any():
         first = raw["movieId"].iloc[np.flatnonzero(bad)[0]]
-        raise _first_bad_line(path, bad, f"movieId is not a number: {first!r}")
+        raise _first_bad_line(path, bad, f"movieId is not a number: {first!r}", lines)
     dup = ids.duplicated().to_numpy()
     if dup.any():
-        raise _first_bad_line(path, dup, "movieId appears twice")
+        raise _first_bad_line(path, dup, "movieId appears twice", lines)
     first_genre = raw["genres"].str.split("|", n=1).str[0]
     first_genre = first_genre.where(first_genre != "(no genres listed)", "")
     categories = tuple(sorted(g for g in first_genre.unique() if g))
@@ -117,22 +130,24 @@ def load_movielens(directory: str | Path, strict: bool = False) -> Interactions:
     ratings_path, movies_path = directory / "ratings.csv", directory / "movies.csv"
     for path in (ratings_path, movies_path):
         if not path.is_file():
-            raise DataError(f"{path}: file not found (a MovieLens-format directory needs ratings.csv and movies.csv)")
-    try:
-        ratings = _read_ratings(ratings_path)
-        items, categories = _read_movies(movies_path)
-    except pd.errors.ParserError as exc:
-        raise DataError(f"{directory}: malformed CSV: {exc}") from exc
+            raise DataError(
+                f"{path}: file not found (a MovieLens-format directory needs ratings.csv and movies.csv)"
+            )
+    ratings = _read_ratings(ratings_path)
+    items, categories = _read_movies(movies_path)
     unknown = ~ratings["item_id"].isin(items["item_id"]).to_numpy()
     skipped: tuple[str, ...] = ()
     if unknown.any():
         if strict:
-            raise _first_bad_line(ratings_path, unknown, "movieId is not in movies.csv")
+            raise _first_bad_line(
+                ratings_path, unknown, "movieId is not in movies.csv", ratings["line"].to_numpy()
+            )
         skipped = tuple(
-            f"{ratings_path}:{row + 2}: movieId {ratings['item_id'].iat[row]} is not in movies.csv; row skipped"
-            for row in np.flatnonzero(unknown)
+            f"{ratings_path}:{line}: movieId {item} not in movies.csv; row skipped"
+            for line, item in zip(ratings["line"][unknown], ratings["item_id"][unknown], strict=True)
         )
         ratings = ratings[~unknown]
+    ratings = ratings.drop(columns="line")
     # A user rating the same item twice keeps the latest rating: one interaction per (user, item).
     ratings = ratings.sort_values("ts", kind="stable").drop_duplicates(["user_id", "item_id"], keep="last")
     ratings = ratings.reset_index(drop=True)

@@ -72,7 +72,9 @@ def historical_features(store: FeatureStore, entities: pd.DataFrame) -> pd.DataF
         # Feast drops an entity row whose feature rows are all newer than it; point-in-time, those
         # features were unknown, so the left merge below gives them NaN (the ranker's missing value).
         if len(fetched) > len(unique):
-            raise RuntimeError(f"Feast returned {len(fetched)} rows for {len(unique)} entity rows of {view.name}")
+            raise RuntimeError(
+                f"Feast returned {len(fetched)} rows for {len(unique)} entity rows of {view.name}"
+            )
         out = out.merge(fetched, on=[*keys, "event_timestamp"], how="left", validate="many_to_one")
     if len(out) != len(entities):
         raise RuntimeError("historical feature join changed the number of rows")

@@ -36,7 +36,11 @@ def user_rows_at_cutoffs(
 
 
 def user_rows_final(
-    ratings: pd.DataFrame, items: pd.DataFrame, embeddings: np.ndarray, user_ids: np.ndarray, as_of: int,
+    ratings: pd.DataFrame,
+    items: pd.DataFrame,
+    embeddings: np.ndarray,
+    user_ids: np.ndarray,
+    as_of: int,
     stamp: pd.Timestamp,
 ) -> pd.DataFrame:
     """Serving rows: every user's features from all data as of `as_of`, stamped `stamp`."""
@@ -99,7 +103,9 @@ def item_rows_as_of(
         }
     )
     out["item_emb_norm"] = emb_norm.reindex(out.index).to_numpy(np.float32)
-    out["item_category"] = items.set_index("item_id")["category"].reindex(out.index).fillna(-1).astype(np.int64)
+    out["item_category"] = (
+        items.set_index("item_id")["category"].reindex(out.index).fillna(-1).astype(np.int64)
+    )
     out = out.reset_index()
     out["event_timestamp"] = stamp
     return out

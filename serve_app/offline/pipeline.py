@@ -57,23 +57,37 @@ def _default_snapshots(n_items: int) -> int:
 
 
 def write_feature_sources(
-    data: Interactions, split: TemporalSplit, eval_emb: Embeddings, final_emb: Embeddings,
-    repo: Path, stamp: pd.Timestamp, n_snapshots: int,
+    data: Interactions,
+    split: TemporalSplit,
+    eval_emb: Embeddings,
+    final_emb: Embeddings,
+    repo: Path,
+    stamp: pd.Timestamp,
+    n_snapshots: int,
 ) -> None:
     ratings = data.ratings
     data_end = int(ratings["ts"].max()) + 1
     groups = np.concatenate([split.ranker_users, split.eval_users])
-    users = pd.concat([
-        feature_tables.user_rows_at_cutoffs(split.train, data.items, split.cutoff.loc[groups], eval_emb.user_factors,
-                                            eval_emb.user_ids),
-        feature_tables.user_rows_final(ratings, data.items, final_emb.user_factors, final_emb.user_ids, data_end,
-                                       stamp),
-    ], ignore_index=True)
+    users = pd.concat(
+        [
+            feature_tables.user_rows_at_cutoffs(
+                split.train, data.items, split.cutoff.loc[groups], eval_emb.user_factors, eval_emb.user_ids
+            ),
+            feature_tables.user_rows_final(
+                ratings, data.items, final_emb.user_factors, final_emb.user_ids, data_end, stamp
+            ),
+        ],
+        ignore_index=True,
+    )
     grid = feature_tables.item_snapshot_times(split.cutoff.loc[groups].to_numpy(), n_snapshots)
     eval_norms = eval_emb.item_norms()
     items = pd.concat(
-        [feature_tables.item_rows_as_of(split.train, data.items, eval_norms, int(g),
-                                        pd.Timestamp(int(g), unit="s", tz="UTC")) for g in grid]
+        [
+            feature_tables.item_rows_as_of(
+                split.train, data.items, eval_norms, int(g), pd.Timestamp(int(g), unit="s", tz="UTC")
+            )
+            for g in grid
+        ]
         + [feature_tables.item_rows_as_of(ratings, data.items, final_emb.item_norms(), data_end, stamp)],
         ignore_index=True,
     )
@@ -114,7 +128,9 @@ def evaluate(
             ranked_lists.append(empty)
             continue
         retrieval_lists.append(part.sort_values("retrieval_rank")["item_id"].to_numpy())
-        ranked_lists.append(part.sort_values("ranker_score", ascending=False, kind="stable")["item_id"].to_numpy())
+        ranked_lists.append(
+            part.sort_values("ranker_score", ascending=False, kind="stable")["item_id"].to_numpy()
+        )
     rel = [relevant[u] for u in users]
     return {
         "most_popular": evaluate_lists(popular_lists, rel),
@@ -137,8 +153,9 @@ def build(
     timer = Timer(log=progress)
     stamp = pd.Timestamp(datetime.now(UTC).replace(microsecond=0))
     with timer.step("split"):
-        split = temporal_split(data.ratings, cfg.holdout_fraction, cfg.min_user_interactions,
-                               cfg.max_users_per_group, cfg.seed)
+        split = temporal_split(
+            data.ratings, cfg.holdout_fraction, cfg.min_user_interactions, cfg.max_users_per_group, cfg.seed
+        )
     with timer.step("embeddings (evaluation model)"):
         eval_emb = _als(split.train, cfg, progress)
     with timer.step("embeddings (serving model)"):
@@ -156,38 +173,72 @@ def build(
     store = FeatureStore(repo_path=str(repo))
     feast_ops.check_feature_service(store)
     with timer.step("ranker training set (get_historical_features)"):
-        train_frame = _with_features(store, candidate_frame(
-            eval_index, eval_emb, split.train, split.holdout, split.ranker_users, cfg.n_candidates, split.cutoff))
+        train_frame = _with_features(
+            store,
+            candidate_frame(
+                eval_index,
+                eval_emb,
+                split.train,
+                split.holdout,
+                split.ranker_users,
+                cfg.n_candidates,
+                split.cutoff,
+            ),
+        )
     with timer.step("ranker"):
         booster, ranker_info = train_ranker(train_frame, cfg.ranker, cfg.seed)
     with timer.step("evaluation"):
-        eval_frame = _with_features(store, candidate_frame(
-            eval_index, eval_emb, split.train, split.holdout, split.eval_users, cfg.n_candidates, split.cutoff))
+        eval_frame = _with_features(
+            store,
+            candidate_frame(
+                eval_index,
+                eval_emb,
+                split.train,
+                split.holdout,
+                split.eval_users,
+                cfg.n_candidates,
+                split.cutoff,
+            ),
+        )
         methods = evaluate(split, eval_frame, booster, cfg.n_candidates)
         queries = final_emb.user_factors[final_emb.user_rows(split.eval_users[:1_000])]
         recall = index_recall(index, final_emb.item_factors, queries, cfg.n_candidates)
 
     with timer.step("bundle"):
-        final_items = feature_tables.item_rows_as_of(
-            data.ratings, data.items, final_emb.item_norms(), int(data.ratings["ts"].max()) + 1, stamp
-        ).set_index("item_id").reindex(final_emb.item_ids)
+        final_items = (
+            feature_tables.item_rows_as_of(
+                data.ratings, data.items, final_emb.item_norms(), int(data.ratings["ts"].max()) + 1, stamp
+            )
+            .set_index("item_id")
+            .reindex(final_emb.item_ids)
+        )
         columns = {name: final_items[name].to_numpy(np.float64) for name in ITEM_FEATURES}
-        popular_rows = np.lexsort((-columns["item_popularity"], -columns["item_popularity_recent"]))[: cfg.n_popular]
+        popular_rows = np.lexsort((-columns["item_popularity"], -columns["item_popularity_recent"]))[
+            : cfg.n_popular
+        ]
         version = f"{stamp:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
         evaluation = {
             "methods": methods,
-            "n_eval_users": int(len(split.eval_users)),
+            "n_eval_users": len(split.eval_users),
             "holdout_fraction": cfg.holdout_fraction,
-            "index": {**index_params, "n": cfg.n_candidates, "recall_vs_exact": recall,
-                      "n_queries": int(len(queries))},
+            "index": {
+                **index_params,
+                "n": cfg.n_candidates,
+                "recall_vs_exact": recall,
+                "n_queries": len(queries),
+            },
             "timings_s": timer.seconds,
         }
         manifest = {
             "version": version,
             "created_at": stamp.isoformat(),
-            "data_source": {"path": data.source, "n_interactions": len(data.ratings),
-                            "n_users": int(data.ratings["user_id"].nunique()), "n_items": len(data.items),
-                            "skipped_rows": len(data.skipped)},
+            "data_source": {
+                "path": data.source,
+                "n_interactions": len(data.ratings),
+                "n_users": int(data.ratings["user_id"].nunique()),
+                "n_items": len(data.items),
+                "skipped_rows": len(data.skipped),
+            },
             "embedding_dim": int(final_emb.item_factors.shape[1]),
             "index": index_params,
             "ranker": ranker_info,
@@ -197,9 +248,16 @@ def build(
         }
         staging = artifacts / f".staging-{version}-{time.monotonic_ns()}"
         try:
-            bundle_mod.write_bundle(staging, index=index, ranker=booster, item_ids=final_emb.item_ids,
-                                    item_columns=columns, popular_rows=popular_rows,
-                                    history=_history(data.ratings, final_emb), manifest=manifest)
+            bundle_mod.write_bundle(
+                staging,
+                index=index,
+                ranker=booster,
+                item_ids=final_emb.item_ids,
+                item_columns=columns,
+                popular_rows=popular_rows,
+                history=_history(data.ratings, final_emb),
+                manifest=manifest,
+            )
             bundle_mod.load_bundle(staging)  # never publish what the server would refuse
             path = bundle_mod.publish(staging, artifacts)
         finally:

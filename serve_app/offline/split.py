@@ -33,7 +33,14 @@ def temporal_split(
     size = ordered.groupby("user_id", sort=False)["ts"].transform("size").to_numpy()
     position = ordered.groupby("user_id", sort=False).cumcount().to_numpy()
     n_hold = np.where(size >= min_interactions, np.maximum(1, np.floor(size * holdout_fraction)), 0)
-    is_holdout = position >= size - n_hold
+    by_position = position >= size - n_hold
+    # Cut at a time, not a position: interactions sharing the cutoff second all go to the holdout, so
+    # every training interaction is strictly earlier than the features' "as of cutoff - 1s".
+    cutoff = ordered[by_position].groupby("user_id")["ts"].min()
+    user_cutoff = cutoff.reindex(ordered["user_id"]).to_numpy()
+    is_holdout = ordered["ts"].to_numpy() >= np.nan_to_num(user_cutoff, nan=np.inf)
+    has_train = pd.Series(~is_holdout).groupby(ordered["user_id"].to_numpy()).transform("any").to_numpy()
+    is_holdout &= has_train  # a user whose interactions all share one second stays whole in train
     train, holdout = ordered[~is_holdout], ordered[is_holdout]
     cutoff = holdout.groupby("user_id")["ts"].min()
 

@@ -68,8 +68,11 @@ def generate(spec: SynthSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     item_cluster = np.sort(rng.integers(0, k, n_i))
     appeal = rng.pareto(1.2, n_i) + 1.0  # power-law popularity
     # Most of the catalogue exists before the window; the rest is released during it.
-    release = np.where(rng.random(n_i) < 0.7, start - rng.integers(0, 52 * 7 * DAY, n_i),
-                       start + rng.integers(0, spec.weeks * 7 * DAY, n_i))
+    release = np.where(
+        rng.random(n_i) < 0.7,
+        start - rng.integers(0, 52 * 7 * DAY, n_i),
+        start + rng.integers(0, spec.weeks * 7 * DAY, n_i),
+    )
     quality = rng.normal(0, 1, n_i)
 
     taste = rng.dirichlet(np.full(k, 0.15), n_u)
@@ -96,15 +99,23 @@ def generate(spec: SynthSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
         item[rows] = np.minimum(pos, n_i - 1)
 
     affinity = taste[user, item_cluster[item]] * k
-    rating = np.clip(np.round((2.5 + 0.6 * quality[item] + 0.5 * np.log1p(affinity)
-                               + rng.normal(0, 0.7, len(user))) * 2) / 2, 0.5, 5.0)
+    rating = np.clip(
+        np.round((2.5 + 0.6 * quality[item] + 0.5 * np.log1p(affinity) + rng.normal(0, 0.7, len(user))) * 2)
+        / 2,
+        0.5,
+        5.0,
+    )
     ratings = pd.DataFrame({"userId": user + 1, "movieId": item + 1, "rating": rating, "timestamp": ts})
-    ratings = ratings.sort_values("timestamp", kind="stable").drop_duplicates(["userId", "movieId"], keep="last")
-    movies = pd.DataFrame({
-        "movieId": np.arange(1, n_i + 1),
-        "title": [f"Item {i}" for i in range(1, n_i + 1)],
-        "genres": [f"Cluster{c:03d}" for c in item_cluster],
-    })
+    ratings = ratings.sort_values("timestamp", kind="stable").drop_duplicates(
+        ["userId", "movieId"], keep="last"
+    )
+    movies = pd.DataFrame(
+        {
+            "movieId": np.arange(1, n_i + 1),
+            "title": [f"Item {i}" for i in range(1, n_i + 1)],
+            "genres": [f"Cluster{c:03d}" for c in item_cluster],
+        }
+    )
     return ratings.sort_values(["userId", "timestamp"]).reset_index(drop=True), movies
 
 

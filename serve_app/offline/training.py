@@ -17,7 +17,12 @@ BATCH = 1_024
 
 
 def candidate_frame(
-    index, emb: Embeddings, train: pd.DataFrame, holdout: pd.DataFrame, users: np.ndarray, n: int,
+    index,
+    emb: Embeddings,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    users: np.ndarray,
+    n: int,
     cutoff: pd.Series,
 ) -> pd.DataFrame:
     """Top-n unseen candidates per user from the index, labelled 1 where the user later interacted.
@@ -35,16 +40,24 @@ def candidate_frame(
             FilterContext(int(u), emb.item_rows(seen.get(u, np.empty(0, np.int64))), np.empty(0, np.int64))
             for u in batch
         ]
-        for user, (cands, _) in zip(batch, retrieve(index, queries, n, [SeenFilter()], contexts), strict=True):
+        for user, (cands, _) in zip(
+            batch, retrieve(index, queries, n, [SeenFilter()], contexts), strict=True
+        ):
             item_ids = emb.item_ids[cands.rows]
             positives = later.get(user, set())
-            parts.append(pd.DataFrame({
-                "user_id": user,
-                "item_id": item_ids,
-                "retrieval_score": cands.scores,
-                "retrieval_rank": np.arange(len(cands)),
-                "label": np.fromiter((i in positives for i in item_ids.tolist()), bool, len(item_ids)),
-            }))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "user_id": user,
+                        "item_id": item_ids,
+                        "retrieval_score": cands.scores,
+                        "retrieval_rank": np.arange(len(cands)),
+                        "label": np.fromiter(
+                            (i in positives for i in item_ids.tolist()), bool, len(item_ids)
+                        ),
+                    }
+                )
+            )
     frame = pd.concat(parts, ignore_index=True)
     # Features as they were just before the user's first held-out interaction.
     frame["event_timestamp"] = pd.to_datetime(cutoff.loc[frame["user_id"]].to_numpy() - 1, unit="s", utc=True)
@@ -66,7 +79,9 @@ def train_ranker(frame: pd.DataFrame, cfg: RankerConfig, seed: int = 0) -> tuple
     frame = frame[useful].sort_values(["user_id", "retrieval_rank"], kind="stable")
     users = frame["user_id"].unique()
     if len(users) < 4:
-        raise ValueError(f"only {len(users)} users have a held-out item among their candidates; need at least 4")
+        raise ValueError(
+            f"only {len(users)} users have a held-out item among their candidates; need at least 4"
+        )
     rng = np.random.default_rng(seed)
     valid_users = rng.choice(users, size=max(1, int(len(users) * cfg.validation_fraction)), replace=False)
     is_valid = frame["user_id"].isin(valid_users).to_numpy()
@@ -74,8 +89,10 @@ def train_ranker(frame: pd.DataFrame, cfg: RankerConfig, seed: int = 0) -> tuple
     def dmatrix(mask: np.ndarray) -> xgb.DMatrix:
         part = frame[mask]
         return xgb.DMatrix(
-            matrix_from_frame(part), label=part["label"].to_numpy(np.float32),
-            qid=part["user_id"].to_numpy(), feature_names=list(FEATURE_NAMES),
+            matrix_from_frame(part),
+            label=part["label"].to_numpy(np.float32),
+            qid=part["user_id"].to_numpy(),
+            feature_names=list(FEATURE_NAMES),
         )
 
     dtrain, dvalid = dmatrix(~is_valid), dmatrix(is_valid)
@@ -92,8 +109,12 @@ def train_ranker(frame: pd.DataFrame, cfg: RankerConfig, seed: int = 0) -> tuple
         "nthread": 2,
     }
     booster = xgb.train(
-        params, dtrain, num_boost_round=cfg.n_estimators, evals=[(dvalid, "valid")],
-        early_stopping_rounds=cfg.early_stopping_rounds, verbose_eval=False,
+        params,
+        dtrain,
+        num_boost_round=cfg.n_estimators,
+        evals=[(dvalid, "valid")],
+        early_stopping_rounds=cfg.early_stopping_rounds,
+        verbose_eval=False,
     )
     # Keep only the trees up to the best validation round.
     best = booster.best_iteration + 1

@@ -25,7 +25,7 @@ from serve_app.stages.filters import (
     apply_filters,
 )
 from serve_app.stages.retrieve import retrieve
-from serve_app.stages.user_features import UserFeatureResult, UserFeatureReader
+from serve_app.stages.user_features import UserFeatureReader, UserFeatureResult
 
 EMPTY_IDS = np.empty(0, np.int64)
 EMPTY_SCORES = np.empty(0, np.float32)
@@ -65,14 +65,22 @@ def context(bundle: Bundle, user_id: int, exclude_item_ids: Sequence[int]) -> Fi
 def cold_start_reason(features: UserFeatureResult, dim: int) -> str | None:
     """Why this user cannot be served by retrieval, or None when they can."""
     if not features.found:
-        return "user_features_unavailable" if features.source == "none" and features.degraded else "unknown_user"
-    if features.embedding is None or features.embedding.shape != (dim,) or not np.isfinite(features.embedding).all():
+        return (
+            "user_features_unavailable" if features.source == "none" and features.degraded else "unknown_user"
+        )
+    if (
+        features.embedding is None
+        or features.embedding.shape != (dim,)
+        or not np.isfinite(features.embedding).all()
+    ):
         return "missing_embedding"
     return None
 
 
 def retrieve_batch(
-    bundle: Bundle, filters: Sequence[Filter], requests: Sequence[tuple[UserFeatureResult, int, Sequence[int]]]
+    bundle: Bundle,
+    filters: Sequence[Filter],
+    requests: Sequence[tuple[UserFeatureResult, int, Sequence[int]]],
 ) -> list[Scored]:
     """One FAISS search for the whole batch; each request is (features, n, exclude_item_ids)."""
     start = time.perf_counter()
@@ -81,8 +89,14 @@ def retrieve_batch(
     for i, (features, _, _) in enumerate(requests):
         reason = cold_start_reason(features, bundle.embedding_dim)
         if reason is not None:
-            out[i] = Scored(EMPTY_IDS, EMPTY_SCORES, bundle.version, fallback=reason,
-                            degraded=features.degraded, reason=features.reason)
+            out[i] = Scored(
+                EMPTY_IDS,
+                EMPTY_SCORES,
+                bundle.version,
+                fallback=reason,
+                degraded=features.degraded,
+                reason=features.reason,
+            )
         else:
             todo.append(i)
     if todo:
@@ -93,8 +107,14 @@ def retrieve_batch(
         for i, (cands, report) in zip(todo, results, strict=True):
             c = cands.head(requests[i][1])
             f = requests[i][0]
-            out[i] = Scored(bundle.items.item_ids[c.rows], c.scores, bundle.version, report,
-                            degraded=f.degraded, reason=f.reason)
+            out[i] = Scored(
+                bundle.items.item_ids[c.rows],
+                c.scores,
+                bundle.version,
+                report,
+                degraded=f.degraded,
+                reason=f.reason,
+            )
     elapsed = (time.perf_counter() - start) * 1000
     return [replace(s, timings_ms={"retrieve": elapsed}) for s in out if s is not None]
 
@@ -117,13 +137,25 @@ def rank_batch(bundle: Bundle, requests: Sequence[tuple[UserFeatureResult, Score
         s = scores[offset : offset + len(m)]
         offset += len(m)
         order = np.argsort(-s, kind="stable")
-        out.append(replace(cands, item_ids=cands.item_ids[order], scores=s[order], bundle_version=bundle.version,
-                           timings_ms={**cands.timings_ms, "rank": elapsed}))
+        out.append(
+            replace(
+                cands,
+                item_ids=cands.item_ids[order],
+                scores=s[order],
+                bundle_version=bundle.version,
+                timings_ms={**cands.timings_ms, "rank": elapsed},
+            )
+        )
     return out
 
 
 def popular(
-    bundle: Bundle, filters: Sequence[Filter], user_id: int, k: int, exclude_item_ids: Sequence[int], reason: str
+    bundle: Bundle,
+    filters: Sequence[Filter],
+    user_id: int,
+    k: int,
+    exclude_item_ids: Sequence[int],
+    reason: str,
 ) -> Scored:
     """The popularity fallback, with the same filters as the normal path."""
     start = time.perf_counter()
@@ -150,8 +182,13 @@ class Recommendation:
 class Recommender:
     """The whole pipeline in one process: the floor the served graph is measured against."""
 
-    def __init__(self, bundle: Bundle, reader: UserFeatureReader, n_candidates: int = 200,
-                 blocked_item_ids: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        reader: UserFeatureReader,
+        n_candidates: int = 200,
+        blocked_item_ids: Sequence[int] = (),
+    ) -> None:
         self.bundle, self.reader, self.n_candidates = bundle, reader, n_candidates
         self.filters = filters_for(bundle, blocked_item_ids)
 
@@ -159,14 +196,26 @@ class Recommender:
         t0 = time.perf_counter()
         features = self.reader.get(user_id)
         t1 = time.perf_counter()
-        cands = retrieve_batch(self.bundle, self.filters, [(features, self.n_candidates, exclude_item_ids)])[0]
+        cands = retrieve_batch(self.bundle, self.filters, [(features, self.n_candidates, exclude_item_ids)])[
+            0
+        ]
         if cands.fallback is not None:
             result = popular(self.bundle, self.filters, user_id, k, exclude_item_ids, cands.fallback)
         else:
             result = rank_batch(self.bundle, [(features, cands)])[0]
-        timings = {"user_features": (t1 - t0) * 1000, **cands.timings_ms, **result.timings_ms,
-                   "total": (time.perf_counter() - t0) * 1000}
+        timings = {
+            "user_features": (t1 - t0) * 1000,
+            **cands.timings_ms,
+            **result.timings_ms,
+            "total": (time.perf_counter() - t0) * 1000,
+        }
         return Recommendation(
-            user_id, result.item_ids[:k], result.scores[:k], self.bundle.version,
-            degraded=features.degraded, fallback=result.fallback, timings_ms=timings, filtered=cands.filtered,
+            user_id,
+            result.item_ids[:k],
+            result.scores[:k],
+            self.bundle.version,
+            degraded=features.degraded,
+            fallback=result.fallback,
+            timings_ms=timings,
+            filtered=cands.filtered,
         )

@@ -41,7 +41,11 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
 
 
 def retrieve(
-    index: faiss.Index, queries: np.ndarray, n: int, filters: Sequence[Filter], contexts: Sequence[FilterContext]
+    index: faiss.Index,
+    queries: np.ndarray,
+    n: int,
+    filters: Sequence[Filter],
+    contexts: Sequence[FilterContext],
 ) -> list[tuple[Candidates, dict[str, int]]]:
     """Top-n candidates per query that survive `filters`, with what each filter removed.
 

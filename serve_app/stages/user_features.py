@@ -81,7 +81,9 @@ class UserFeatureReader:
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
 
-    def _fresh(self, user_id: int) -> tuple[UserFeatureResult | None, tuple[float, dict[str, Any] | None] | None]:
+    def _fresh(
+        self, user_id: int
+    ) -> tuple[UserFeatureResult | None, tuple[float, dict[str, Any] | None] | None]:
         hit = self._cached(user_id)
         if hit is not None and time.monotonic() - hit[0] <= self.ttl_s:
             return _result(user_id, hit[1], "cache", degraded=False), hit

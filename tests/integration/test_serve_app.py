@@ -1,0 +1,226 @@
+"""The Serve application on a real local Ray cluster, called over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from serve_app.bundle import load_bundle
+from serve_app.errors import BundleError
+from serve_app.stages.pipeline import Recommender
+from serve_app.stages.user_features import UserFeatureReader, feast_fetcher
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(built):
+    import ray
+    from ray import serve
+
+    from serve_app.app import AppArgs, build_app
+
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, address="local", namespace="recsys-test")
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = AppArgs(
+        bundle=str(built.bundle),
+        feature_repo=str(built.repo),
+        user_features_cache_ttl_s=0,
+        request_timeout_s=5.0,
+    )
+    serve.run(build_app(args), name="recsys", route_prefix="/")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        yield client, args
+    finally:
+        client.close()
+        serve.shutdown()
+        ray.shutdown()
+
+
+def known_users(built, n: int) -> list[int]:
+    bundle = load_bundle(built.bundle)
+    return [int(u) for u in bundle.history.user_ids[:n]]
+
+
+def test_known_user_gets_k_distinct_unseen_items_equal_to_in_process(served, built):
+    client, _ = served
+    bundle = load_bundle(built.bundle)
+    reference = Recommender(bundle, UserFeatureReader(feast_fetcher(built.repo), timeout_s=5.0, ttl_s=0))
+    for user_id in known_users(built, 5):
+        response = client.post("/recommend", json={"user_id": user_id, "k": 10, "debug": True})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        ids = [i["item_id"] for i in body["items"]]
+        scores = [i["score"] for i in body["items"]]
+        assert len(ids) == 10 == len(set(ids))
+        seen = set(bundle.items.item_ids[bundle.history.seen(user_id)].tolist())
+        assert not seen & set(ids)
+        assert scores == sorted(scores, reverse=True)
+        assert body["fallback"] is None and body["degraded"] is False
+        assert {"retrieve", "rank", "total"} <= set(body["timings_ms"])
+        expected = reference.recommend(user_id, 10)
+        assert ids == expected.item_ids.tolist()
+        np.testing.assert_allclose(scores, expected.scores, rtol=1e-5)
+
+
+def test_exclusions_are_honoured(served, built):
+    client, _ = served
+    user_id = known_users(built, 1)[0]
+    first = [
+        i["item_id"] for i in client.post("/recommend", json={"user_id": user_id, "k": 5}).json()["items"]
+    ]
+    again = client.post(
+        "/recommend", json={"user_id": user_id, "k": 5, "exclude_item_ids": first[:3], "debug": True}
+    ).json()
+    ids = [i["item_id"] for i in again["items"]]
+    assert len(ids) == 5 and not set(first[:3]) & set(ids)
+    assert again["filtered"]["request_exclude"] == 3
+
+
+def test_unknown_user_gets_the_popularity_fallback(served, built):
+    client, _ = served
+    body = client.post("/recommend", json={"user_id": 987_654_321, "k": 7}).json()
+    bundle = load_bundle(built.bundle)
+    assert body["fallback"] == "unknown_user" and body["degraded"] is False
+    assert [i["item_id"] for i in body["items"]] == bundle.items.item_ids[bundle.popular_rows[:7]].tolist()
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "needle"),
+    [
+        ({"k": 5}, 422, "user_id: Field required"),
+        ({"user_id": 1, "k": 0}, 422, "k: Input should be greater than or equal to 1"),
+        ({"user_id": 1, "k": 1_000_000}, 422, "k: Input should be less than or equal to 100"),
+        ({"user_id": "1"}, 422, "user_id: Input should be a valid integer"),
+        ({"user_id": 1, "k": "ten"}, 422, "k: Input should be a valid integer"),
+        ({"user_id": 1, "verbose": True}, 422, "verbose: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_input_gets_a_4xx_that_says_what_to_fix(served, payload, status, needle):
+    client, _ = served
+    response = client.post("/recommend", json=payload)
+    assert response.status_code == status
+    assert needle in response.json()["message"]
+
+
+def test_ten_megabyte_body_is_refused_with_413(served):
+    client, _ = served
+    body = b'{"user_id": 1, "exclude_item_ids": [' + b"1," * 5_000_000 + b"1]}"
+    response = client.post("/recommend", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "bytes" in response.json()["message"]
+
+
+def test_request_id_is_echoed_once(served, built):
+    client, _ = served
+    response = client.post(
+        "/recommend", json={"user_id": known_users(built, 1)[0]}, headers={"X-Request-ID": "trace-abc-1"}
+    )
+    assert response.headers.get_list("x-request-id") == ["trace-abc-1"]
+    assert response.json()["request_id"] == "trace-abc-1"
+
+
+def test_health_version_and_openapi(served, built):
+    client, _ = served
+    version = load_bundle(built.bundle).version
+    assert client.get("/healthz").json() == {"status": "ok", "bundle_version": version}
+    assert client.get("/version").json()["stages"] == {"retriever": version, "ranker": version}
+    spec = client.get("/openapi.json").json()
+    assert "/recommend" in spec["paths"] and "RecommendRequest" in spec["components"]["schemas"]
+
+
+def test_online_store_unavailable_degrades_instead_of_failing(served, built):
+    client, _ = served
+    user_id = known_users(built, 40)[-1]  # not read before: no cached features to fall back on
+    db = sqlite3.connect(built.repo / "data" / "online_store.db", timeout=0.1)
+    db.execute("BEGIN EXCLUSIVE")  # the store now blocks every reader past their deadline
+    try:
+        response = client.post("/recommend", json={"user_id": user_id, "k": 5})
+    finally:
+        db.rollback()
+        db.close()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["degraded"] is True and len(body["items"]) == 5
+    assert body["fallback"] == "user_features_unavailable" and "online store" in body["degraded_reason"]
+
+
+def _new_version_of(bundle_dir: Path, dest: Path, version: str) -> Path:
+    """A copy of a bundle under a new version (the manifest is not checksummed, its files are)."""
+    shutil.copytree(bundle_dir, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["version"] = version
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def test_bad_bundle_is_refused_at_deploy_and_the_old_one_keeps_serving(served, built, tmp_path):
+    from serve_app.app import AppArgs, build_app
+
+    client, args = served
+    bad = _new_version_of(built.bundle, tmp_path / "bad", "bad-version")
+    (bad / "ranker.ubj").write_bytes(b"not a model")
+    with pytest.raises(BundleError, match=r"ranker\.ubj"):
+        build_app(AppArgs(**{**args.model_dump(), "bundle": str(bad)}))
+    assert client.get("/healthz").json()["bundle_version"] == load_bundle(built.bundle).version
+
+
+def test_rollout_through_reconfigure_while_requests_flow(served, built, tmp_path):
+    from ray import serve
+
+    from serve_app.app import AppArgs, build_app
+
+    client, args = served
+    new = _new_version_of(built.bundle, tmp_path / "next", "next-version")
+    users = known_users(built, 20)
+    failures: list[str] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(base_url=str(client.base_url), timeout=30) as c:
+            i = 0
+            while not stop.is_set():
+                r = c.post("/recommend", json={"user_id": users[i % len(users)], "k": 5})
+                statuses.append(r.status_code)
+                if r.status_code != 200 or r.json()["degraded"]:
+                    failures.append(r.text[:200])
+                i += 1
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        serve.run(
+            build_app(AppArgs(**{**args.model_dump(), "bundle": str(new)})), name="recsys", route_prefix="/"
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            v = client.get("/version").json()
+            if v["bundle_version"] == "next-version" and set(v["stages"].values()) == {"next-version"}:
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert len(statuses) > 10 and not failures, failures[:3]
+    version = client.get("/version").json()
+    assert version["bundle_version"] == "next-version"
+    assert version["stages"] == {"retriever": "next-version", "ranker": "next-version"}

@@ -1,0 +1,63 @@
+"""cluster/serve_config.yaml: valid for Serve's own schema, and deployable with `serve deploy`."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from serve_app.app import AppArgs
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "cluster" / "serve_config.yaml"
+
+
+def test_config_matches_serves_schema_and_our_app_args():
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    [app] = schema.applications
+    assert app.import_path == "serve_app.app:build_app"
+    AppArgs.model_validate(app.args)  # unknown or mistyped args would fail the deploy
+    deployments = {d.name: d for d in app.deployments}
+    assert set(deployments) == {"Ingress", "UserFeatures", "Retriever", "Ranker"}
+    for name in ("Retriever", "Ranker"):
+        autoscaling = deployments[name].autoscaling_config
+        assert autoscaling["target_ongoing_requests"] > 0 and autoscaling["max_replicas"] >= 1
+        assert deployments[name].max_queued_requests > 0
+    assert deployments["Ingress"].backpressure_config.retry_after_s > 0
+    assert schema.http_options.host == "127.0.0.1"
+
+
+def test_unknown_app_arg_is_rejected():
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        AppArgs.model_validate({"bundel": "artifacts/current"})
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_serve_deploy_against_a_head_started_here(built, tmp_path):
+    from serve_app import local_cluster
+
+    # RECSYS_HOME holds what the config's relative paths name: artifacts/current and feature_repo.
+    home = tmp_path / "home"
+    (home / "artifacts").mkdir(parents=True)
+    os.symlink(built.bundle, home / "artifacts" / "current")
+    os.symlink(built.repo, home / "feature_repo")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    state_file = tmp_path / "cluster.json"
+    state = local_cluster.start_head(state_file, env={"RECSYS_HOME": str(home)})
+    try:
+        local_cluster.deploy(state, CONFIG, http_port=port)
+        local_cluster.wait_healthy(f"http://127.0.0.1:{port}", state, timeout_s=240)
+        response = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": 1, "k": 3}, timeout=30)
+        assert response.status_code == 200 and len(response.json()["items"]) == 3
+    finally:
+        assert local_cluster.stop(state_file)
+    assert not state_file.exists()

@@ -1,0 +1,78 @@
+"""A tiny real bundle in memory (real FAISS index, real XGBoost model) for pure stage tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+import xgboost as xgb
+
+from serve_app.bundle import Bundle, History
+from serve_app.features import FEATURE_NAMES, ITEM_FEATURES
+from serve_app.stages.rank import ItemSnapshot
+from serve_app.stages.user_features import UserFeatureResult
+
+DIM = 8
+N_ITEMS = 300
+
+
+def make_bundle(version: str = "v-test", seed: int = 0) -> Bundle:
+    rng = np.random.default_rng(seed)
+    item_ids = np.arange(1_000, 1_000 + N_ITEMS, dtype=np.int64)  # sorted, not equal to rows
+    vectors = rng.normal(size=(N_ITEMS, DIM)).astype(np.float32)
+    index = faiss.IndexFlatIP(DIM)
+    index.add(vectors)
+    columns = {name: rng.uniform(0, 50, N_ITEMS) for name in ITEM_FEATURES}
+    columns["item_category"] = rng.integers(0, 4, N_ITEMS).astype(np.float64)
+    x = rng.normal(size=(400, len(FEATURE_NAMES))).astype(np.float32)
+    y = (x[:, 0] + 0.5 * x[:, 5] > 0).astype(np.float32)
+    ranker = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2, "nthread": 1},
+        xgb.DMatrix(x, label=y, feature_names=list(FEATURE_NAMES)),
+        num_boost_round=5,
+    )
+    history = History(
+        np.array([1, 2], dtype=np.int64),
+        np.array([0, 3, 3], dtype=np.int64),
+        np.array([0, 1, 2], dtype=np.int64),
+    )
+    popular = np.argsort(-columns["item_popularity_recent"])
+    return Bundle(
+        Path("/nonexistent"),
+        version,
+        {"embedding_dim": DIM},
+        index,
+        ranker,
+        ItemSnapshot(item_ids, columns),
+        popular,
+        history,
+    )
+
+
+def user(user_id: int = 1, seed: int = 1, **overrides) -> UserFeatureResult:
+    rng = np.random.default_rng(seed)
+    values = {
+        "user_n_interactions": 12,
+        "user_days_since_last": 1.5,
+        "user_avg_rating": 3.5,
+        "user_n_recent": 4,
+        "user_category_share": [0.5, 0.25, 0.25, 0.0],
+    }
+    fields = {
+        "user_id": user_id,
+        "values": values,
+        "embedding": rng.normal(size=DIM).astype(np.float32),
+        "found": True,
+        "source": "online",
+        "degraded": False,
+        "reason": None,
+    }
+    fields.update(overrides)
+    return UserFeatureResult(**fields)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle() -> Bundle:
+    return make_bundle()

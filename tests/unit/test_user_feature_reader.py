@@ -1,0 +1,90 @@
+"""The online-store reader's deadline, cache and degradation, with a controllable store (no Feast)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from serve_app.stages.user_features import UserFeatureReader
+
+ROW = {
+    "user_embedding": [0.5, 0.25],
+    "user_n_interactions": 3,
+    "user_days_since_last": 1.0,
+    "user_avg_rating": 4.0,
+    "user_n_recent": 1,
+    "user_category_share": [1.0],
+}
+
+
+class Store:
+    """Answers, hangs or fails on demand, and counts calls."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.calls = 0
+        self.release = threading.Event()
+
+    def __call__(self, user_id: int):
+        self.calls += 1
+        if self.mode == "hang":
+            self.release.wait(5)
+        if self.mode == "fail":
+            raise ConnectionError("store is down")
+        return None if user_id < 0 else dict(ROW)
+
+
+@pytest.fixture(params=["sync", "async"])
+def read(request):
+    def call(reader: UserFeatureReader, user_id: int):
+        return reader.get(user_id) if request.param == "sync" else asyncio.run(reader.aget(user_id))
+
+    return call
+
+
+def test_fresh_read_then_cache_hit(read):
+    store = Store()
+    reader = UserFeatureReader(store, timeout_s=1.0, ttl_s=60)
+    first, second = read(reader, 7), read(reader, 7)
+    assert (first.source, second.source) == ("online", "cache")
+    assert store.calls == 1 and first.found and not first.degraded
+    np.testing.assert_array_equal(first.embedding, np.array([0.5, 0.25], np.float32))
+    assert first.values["user_n_interactions"] == 3
+
+
+def test_unknown_user_is_found_false_not_degraded(read):
+    result = read(UserFeatureReader(Store(), timeout_s=1.0), -5)
+    assert not result.found and not result.degraded and result.source == "online"
+
+
+def test_timeout_without_cache_degrades_quickly(read):
+    store = Store()
+    store.mode = "hang"
+    reader = UserFeatureReader(store, timeout_s=0.05)
+    start = time.monotonic()
+    result = read(reader, 7)
+    assert time.monotonic() - start < 1.0
+    assert result.degraded and not result.found and result.source == "none"
+    assert "50 ms" in result.reason
+    store.release.set()
+
+
+def test_failure_serves_stale_cache_and_says_so(read):
+    store = Store()
+    reader = UserFeatureReader(store, timeout_s=1.0, ttl_s=0.0, stale_s=60)
+    assert read(reader, 7).source == "online"
+    store.mode = "fail"
+    result = read(reader, 7)
+    assert result.source == "stale_cache" and result.degraded and result.found
+    assert "ConnectionError" in result.reason
+
+
+def test_cache_is_bounded():
+    reader = UserFeatureReader(Store(), timeout_s=1.0, max_entries=3)
+    for user_id in range(10):
+        reader.get(user_id)
+    assert len(reader._cache) == 3
