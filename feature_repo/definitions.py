@@ -10,7 +10,9 @@ from datetime import timedelta
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64
 
-user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64, description="A person we recommend to")
+user = Entity(
+    name="user", join_keys=["user_id"], value_type=ValueType.INT64, description="A person we recommend to"
+)
 item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64, description="A catalogue item")
 
 user_source = FileSource(

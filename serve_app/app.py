@@ -8,7 +8,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,8 +16,16 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.bundle import load_bundle
-from serve_app.deployments import BundleHolder, Ranker, Retriever, UserFeatures, timed
-from serve_app.flow import Overloaded, RecommendFlow
+from serve_app.deployments import (
+    BundleHolder,
+    Ranker,
+    Retriever,
+    UserFeatures,
+    configure_reader,
+    open_reader,
+    timed,
+)
+from serve_app.flow import Overloaded, RecommendFlow, in_process_stages
 from serve_app.http import RequestContextMiddleware, install_error_handlers
 from serve_app.schemas import (
     ErrorResponse,
@@ -39,6 +47,11 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     bundle: str = Field("artifacts/current", description="bundle directory; `current` is resolved at deploy")
+    topology: Literal["graph", "colocated"] = Field(
+        "graph",
+        description="graph: Retriever and Ranker are their own autoscaled, batching deployments; colocated: "
+        "the ingress runs every stage in-process (fewer hops; scale it with Ingress replicas)",
+    )
     feature_repo: str = Field(
         "feature_repo", description="Feast repository (feature_store.yaml and registry)"
     )
@@ -75,17 +88,29 @@ api.add_middleware(RequestContextMiddleware, echo=False)
 )
 @serve.ingress(api)
 class Ingress:
+    """Graph topology: handles to the three stage deployments. Colocated: no handles, a feature repo,
+    and the same flow over in-process stages (one hop fewer per stage, no cross-request batching)."""
+
     def __init__(
         self,
-        user_features: DeploymentHandle,
-        retriever: DeploymentHandle,
-        ranker: DeploymentHandle,
+        user_features: DeploymentHandle | None = None,
+        retriever: DeploymentHandle | None = None,
+        ranker: DeploymentHandle | None = None,
+        feature_repo: str | None = None,
+        feature_store_yaml: str | None = None,
     ) -> None:
-        self.retriever, self.ranker = retriever, ranker
-        self.flow = RecommendFlow(user_features.get.remote, retriever.retrieve.remote, ranker.rank.remote)
         self.holder = BundleHolder()
         self.filters: list = []
         self.n_candidates, self.deadline_s = 200, 1.0
+        self.stages = {"retriever": retriever, "ranker": ranker} if retriever and ranker else {}
+        self.reader = None
+        if user_features and retriever and ranker:
+            self.flow = RecommendFlow(user_features.get.remote, retriever.retrieve.remote, ranker.rank.remote)
+        else:
+            self.reader = open_reader(str(feature_repo), feature_store_yaml)
+            self.flow = RecommendFlow(
+                *in_process_stages(self.holder.require, lambda: self.filters, self.reader)
+            )
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         blocked = config.get("blocked_item_ids", [])
@@ -93,6 +118,8 @@ class Ingress:
         self.filters = pipeline.filters_for(self.holder.require(), blocked)
         self.n_candidates = int(config.get("n_candidates", 200))
         self.deadline_s = float(config.get("request_timeout_s", 1.0))
+        if self.reader is not None:
+            configure_reader(self.reader, config)
 
     def check_health(self) -> None:
         self.holder.require()
@@ -149,7 +176,9 @@ class Ingress:
         bundle = self.holder.require()
         stages: dict[str, str] = {}
         refused = {"ingress": self.holder.refused["error"]} if self.holder.refused else {}
-        for name, handle in (("retriever", self.retriever), ("ranker", self.ranker)):
+        if not self.stages:
+            stages["colocated"] = bundle.version
+        for name, handle in self.stages.items():
             try:
                 info = await asyncio.wait_for(handle.version.remote(), 2.0)
             except Exception as exc:
@@ -176,19 +205,22 @@ def build_app(args: AppArgs) -> serve.Application:
     }
     repo = resolve_path(args.feature_repo)
     yaml = str(resolve_path(args.feature_store_yaml)) if args.feature_store_yaml else None
-    user_features = UserFeatures.options(
-        user_config={
-            "timeout_ms": args.user_features_timeout_ms,
-            "cache_ttl_s": args.user_features_cache_ttl_s,
-        }
-    ).bind(str(repo), yaml)
-    retriever = Retriever.options(user_config={**stage, "blocked_item_ids": args.blocked_item_ids}).bind()
-    ranker = Ranker.options(user_config=stage).bind()
-    return Ingress.options(
+    reader_config = {
+        "timeout_ms": args.user_features_timeout_ms,
+        "cache_ttl_s": args.user_features_cache_ttl_s,
+    }
+    ingress = Ingress.options(
         user_config={
             "bundle": str(bundle.path),
             "n_candidates": args.n_candidates,
             "request_timeout_s": args.request_timeout_s,
             "blocked_item_ids": args.blocked_item_ids,
+            **reader_config,
         }
-    ).bind(user_features, retriever, ranker)
+    )
+    if args.topology == "colocated":
+        return ingress.bind(feature_repo=str(repo), feature_store_yaml=yaml)
+    user_features = UserFeatures.options(user_config=reader_config).bind(str(repo), yaml)
+    retriever = Retriever.options(user_config={**stage, "blocked_item_ids": args.blocked_item_ids}).bind()
+    ranker = Ranker.options(user_config=stage).bind()
+    return ingress.bind(user_features, retriever, ranker)

@@ -50,6 +50,22 @@ class BundleHolder:
         return self.bundle
 
 
+def open_reader(feature_repo: str, feature_store_yaml: str | None) -> UserFeatureReader:
+    fetch = feast_fetcher(feature_repo, feature_store_yaml)
+    # The first read loads the registry and opens the store (~100s of ms): pay it before traffic.
+    try:
+        fetch(-1)
+    except Exception as exc:  # a store down at start-up degrades requests; it must not block start-up
+        log.warning("online store not reachable at start-up: %s", exc)
+    return UserFeatureReader(fetch)
+
+
+def configure_reader(reader: UserFeatureReader, config: dict[str, Any]) -> None:
+    reader.timeout_s = float(config.get("timeout_ms", 50)) / 1000
+    reader.ttl_s = float(config.get("cache_ttl_s", 30))
+    reader.stale_s = float(config.get("stale_s", 3_600))
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.2})
 class UserFeatures:
     """One FeatureStore per replica, a deadline on every read, a small TTL cache."""
@@ -128,13 +144,7 @@ class Ranker(_BatchedStage):
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001)
     async def rank(self, features: list[UserFeatureResult], candidates: list[Scored]) -> list[Scored]:
-        bundle = self.holder.require()
-        todo = [i for i, c in enumerate(candidates) if c.fallback is None and len(c.item_ids)]
-        ranked = pipeline.rank_batch(bundle, [(features[i], candidates[i]) for i in todo])
-        out = list(candidates)
-        for i, r in zip(todo, ranked, strict=True):
-            out[i] = r
-        return out
+        return pipeline.rank_candidates(self.holder.require(), list(zip(features, candidates, strict=True)))
 
 
 def timed(start: float) -> float:

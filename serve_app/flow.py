@@ -16,6 +16,7 @@ from serve_app.bundle import Bundle
 from serve_app.stages import pipeline
 from serve_app.stages.filters import Filter
 from serve_app.stages.pipeline import Scored
+from serve_app.stages.user_features import UserFeatureReader
 
 Stage = Callable[..., Any]  # returns an awaitable that can also be passed on unawaited
 
@@ -98,3 +99,26 @@ class RecommendFlow:
 
 async def _awaited(awaitable: Awaitable) -> Any:
     return await awaitable
+
+
+def in_process_stages(
+    bundle: Callable[[], Bundle], filters: Callable[[], Sequence[Filter]], reader: UserFeatureReader
+) -> tuple[Stage, Stage, Stage]:
+    """The three stages as local tasks, for the colocated topology (no handle hops, no batching)."""
+
+    def user_features(user_id: int) -> asyncio.Future:
+        return asyncio.ensure_future(reader.aget(user_id))
+
+    def retrieve(features: Awaitable, n: int, exclude: tuple[int, ...]) -> asyncio.Future:
+        async def run() -> Scored:
+            return pipeline.retrieve_batch(bundle(), filters(), [(await features, n, exclude)])[0]
+
+        return asyncio.ensure_future(run())
+
+    def rank(features: Awaitable, candidates: Awaitable) -> asyncio.Future:
+        async def run() -> Scored:
+            return pipeline.rank_candidates(bundle(), [(await features, await candidates)])[0]
+
+        return asyncio.ensure_future(run())
+
+    return user_features, retrieve, rank

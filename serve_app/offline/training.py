@@ -8,6 +8,7 @@ import xgboost as xgb
 from tqdm import tqdm
 
 from serve_app.config import RankerConfig
+from serve_app.errors import DataError
 from serve_app.features import FEATURE_NAMES, ITEM_FEATURES, USER_FEATURES, model_matrix
 from serve_app.offline.embeddings import Embeddings
 from serve_app.stages.filters import FilterContext, SeenFilter
@@ -79,8 +80,9 @@ def train_ranker(frame: pd.DataFrame, cfg: RankerConfig, seed: int = 0) -> tuple
     frame = frame[useful].sort_values(["user_id", "retrieval_rank"], kind="stable")
     users = frame["user_id"].unique()
     if len(users) < 4:
-        raise ValueError(
-            f"only {len(users)} users have a held-out item among their candidates; need at least 4"
+        raise DataError(
+            f"only {len(users)} users have a held-out item among their retrieved candidates, the ranker "
+            "needs at least 4: use more interactions (more users, or more per user)"
         )
     rng = np.random.default_rng(seed)
     valid_users = rng.choice(users, size=max(1, int(len(users) * cfg.validation_fraction)), replace=False)

@@ -149,6 +149,15 @@ def rank_batch(bundle: Bundle, requests: Sequence[tuple[UserFeatureResult, Score
     return out
 
 
+def rank_candidates(bundle: Bundle, requests: Sequence[tuple[UserFeatureResult, Scored]]) -> list[Scored]:
+    """rank_batch over the requests that have candidates; fallbacks and empty lists pass through."""
+    out = [c for _, c in requests]
+    todo = [i for i, (_, c) in enumerate(requests) if c.fallback is None and len(c.item_ids)]
+    for i, ranked in zip(todo, rank_batch(bundle, [requests[i] for i in todo]), strict=True):
+        out[i] = ranked
+    return out
+
+
 def popular(
     bundle: Bundle,
     filters: Sequence[Filter],

@@ -161,6 +161,24 @@ def test_online_store_unavailable_degrades_instead_of_failing(served, built):
     assert body["fallback"] == "user_features_unavailable" and "online store" in body["degraded_reason"]
 
 
+def test_colocated_topology_answers_like_the_graph(served, built):
+    from ray import serve
+
+    from serve_app.app import AppArgs, build_app
+
+    client, args = served
+    colocated = AppArgs(**{**args.model_dump(), "topology": "colocated"})
+    serve.run(build_app(colocated), name="colocated", route_prefix="/colocated")
+    try:
+        for user_id in [*known_users(built, 3), 987_654_321]:
+            graph = client.post("/recommend", json={"user_id": user_id, "k": 10}).json()
+            local = client.post("/colocated/recommend", json={"user_id": user_id, "k": 10}).json()
+            assert local["items"] == graph["items"] and local["fallback"] == graph["fallback"]
+        assert client.get("/colocated/version").json()["stages"] == {"colocated": graph["bundle_version"]}
+    finally:
+        serve.delete("colocated")
+
+
 def _new_version_of(bundle_dir: Path, dest: Path, version: str) -> Path:
     """A copy of a bundle under a new version (the manifest is not checksummed, its files are)."""
     shutil.copytree(bundle_dir, dest)
@@ -200,7 +218,7 @@ def test_rollout_through_reconfigure_while_requests_flow(served, built, tmp_path
                 r = c.post("/recommend", json={"user_id": users[i % len(users)], "k": 5})
                 statuses.append(r.status_code)
                 if r.status_code != 200 or r.json()["degraded"]:
-                    failures.append(r.text[:200])
+                    failures.append(f"{r.status_code} {r.json().get('degraded_reason')}")
                 i += 1
 
     thread = threading.Thread(target=traffic)

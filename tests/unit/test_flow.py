@@ -85,3 +85,20 @@ def test_backpressure_is_overload_not_degradation(tiny_bundle):
     flow = stages(tiny_bundle, user(), rank_fails=BackPressureError("queue full"))
     with pytest.raises(Overloaded):
         run(flow, tiny_bundle)
+
+
+def test_in_process_stages_give_what_the_in_process_recommender_gives(tiny_bundle):
+    from serve_app.flow import in_process_stages
+    from serve_app.stages.pipeline import Recommender
+    from serve_app.stages.user_features import UserFeatureReader
+
+    features = user(user_id=1)
+    row = {"user_embedding": features.embedding.tolist(), **features.values}
+    reader = UserFeatureReader(lambda user_id: dict(row) if user_id == 1 else None, timeout_s=1.0)
+    filters = pipeline.filters_for(tiny_bundle, [])
+    flow = RecommendFlow(*in_process_stages(lambda: tiny_bundle, lambda: filters, reader))
+    for user_id in (1, 404):
+        got = asyncio.run(flow.run(tiny_bundle, filters, user_id, 10, (), 50, 1.0))
+        want = Recommender(tiny_bundle, reader, n_candidates=50).recommend(user_id, 10)
+        assert got.item_ids[:10].tolist() == want.item_ids.tolist()
+        assert got.fallback == want.fallback

@@ -1,0 +1,88 @@
+"""recall@k and NDCG@k on examples computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from serve_app.offline.evaluation import evaluate_lists, format_table, ndcg_at, recall_at
+
+REC = np.array([11, 12, 13, 14, 15])
+
+
+@pytest.mark.parametrize(
+    ("relevant", "k", "expected"),
+    [
+        ({12, 15, 99}, 3, 1 / 3),  # 12 in the top 3
+        ({12, 15, 99}, 5, 2 / 3),  # 12 and 15 in the top 5; 99 never retrieved
+        ({12, 15, 99}, 1, 0.0),
+        ({11}, 10, 1.0),  # k beyond the list length
+        ({98, 99}, 5, 0.0),
+        (set(), 5, 0.0),  # a user with nothing held out scores 0, not a division by zero
+    ],
+)
+def test_recall_at(relevant: set[int], k: int, expected: float) -> None:
+    assert recall_at(REC, relevant, k) == pytest.approx(expected)
+
+
+def test_ndcg_hits_at_ranks_2_and_3_of_2_relevant() -> None:
+    dcg = 1 / math.log2(3) + 1 / math.log2(4)  # 0.6309 + 0.5
+    ideal = 1 / math.log2(2) + 1 / math.log2(3)  # 1 + 0.6309
+    assert ndcg_at(REC, {12, 13}, 3) == pytest.approx(dcg / ideal)
+    assert ndcg_at(REC, {12, 13}, 3) == pytest.approx(0.69342, abs=1e-5)
+
+
+def test_ndcg_perfect_order_is_one() -> None:
+    assert ndcg_at(REC, {11, 12}, 5) == pytest.approx(1.0)
+
+
+def test_ndcg_counts_only_the_top_k() -> None:
+    # Relevant item at rank 5 is outside k=4; the one at rank 1 is inside.
+    assert ndcg_at(REC, {11, 15}, 4) == pytest.approx(1 / (1 + 1 / math.log2(3)))
+
+
+def test_ndcg_ideal_is_capped_at_k() -> None:
+    # 20 relevant items but k=3: a top 3 full of hits is perfect.
+    assert ndcg_at(REC, set(range(11, 31)), 3) == pytest.approx(1.0)
+
+
+def test_ndcg_single_hit_at_rank_4() -> None:
+    assert ndcg_at(REC, {14}, 10) == pytest.approx(1 / math.log2(5))
+
+
+@pytest.mark.parametrize(
+    ("relevant", "recommended"), [(set(), REC), ({99}, REC), ({11}, np.empty(0, np.int64))]
+)
+def test_ndcg_zero_without_hits(relevant: set[int], recommended: np.ndarray) -> None:
+    assert ndcg_at(recommended, relevant, 10) == 0.0
+
+
+def test_evaluate_lists_averages_over_users() -> None:
+    lists = [REC, np.array([21, 22])]
+    relevant = [{11}, {99}]
+    out = evaluate_lists(lists, relevant)
+    assert out == {
+        "recall@10": pytest.approx(0.5),
+        "recall@50": pytest.approx(0.5),
+        "ndcg@10": pytest.approx(0.5),
+    }
+
+
+def test_format_table_lists_every_method() -> None:
+    methods = {
+        "most_popular": {"ndcg@10": 0.1, "recall@10": 0.2, "recall@50": 0.3},
+        "two_stage": {"ndcg@10": 0.4, "recall@10": 0.5, "recall@50": 0.6},
+    }
+    table = format_table(
+        {
+            "methods": methods,
+            "n_eval_users": 7,
+            "holdout_fraction": 0.2,
+            "index": {"kind": "flat", "n": 200, "recall_vs_exact": 1.0, "n_queries": 7},
+            "timings_s": {"split": 0.1},
+        }
+    )
+    assert "most_popular" in table and "two_stage" in table
+    assert "0.4000" in table and "7 users" in table
