@@ -22,6 +22,7 @@ import xgboost as xgb
 from serve_app.errors import BundleError
 from serve_app.features import FEATURE_NAMES, ITEM_FEATURES, USER_FEATURES
 from serve_app.stages.rank import ItemSnapshot, check_ranker_features, load_ranker
+from serve_app.stages.retrieve import ItemIndex
 
 FORMAT = 1
 FILES = ("index.faiss", "ranker.ubj", "items.npz", "popular.npy", "history.npz")
@@ -47,7 +48,7 @@ class Bundle:
     path: Path
     version: str
     manifest: dict[str, Any]
-    index: faiss.Index
+    index: ItemIndex
     ranker: xgb.Booster
     items: ItemSnapshot
     popular_rows: np.ndarray  # fallback order, best first
@@ -69,7 +70,7 @@ def sha256(path: Path) -> str:
 def write_bundle(
     staging: Path,
     *,
-    index: faiss.Index,
+    index: ItemIndex,
     ranker: xgb.Booster,
     item_ids: np.ndarray,
     item_columns: dict[str, np.ndarray],
@@ -79,7 +80,7 @@ def write_bundle(
 ) -> None:
     """Write every file and the manifest (with checksums) into an empty staging directory."""
     staging.mkdir(parents=True, exist_ok=False)
-    faiss.write_index(index, str(staging / "index.faiss"))
+    faiss.write_index(index.index, str(staging / "index.faiss"))
     ranker.save_model(str(staging / "ranker.ubj"))
     np.savez(
         staging / "items.npz",
@@ -169,7 +170,9 @@ def load_bundle(path: str | Path) -> Bundle:
                 path, f"{key} in manifest.json differ from serve_app/features.py: {_diff(theirs, ours)}"
             )
     try:
-        index = faiss.read_index(str(path / "index.faiss"))
+        index = ItemIndex(
+            faiss.read_index(str(path / "index.faiss")), manifest.get("index", {}).get("mips_max_norm")
+        )
         ranker = load_ranker(str(path / "ranker.ubj"))
         with np.load(path / "items.npz", allow_pickle=False) as npz:
             items = ItemSnapshot(npz["item_ids"], {name: npz[name] for name in ITEM_FEATURES})

@@ -25,23 +25,68 @@ class Candidates:
         return Candidates(self.rows[:n], self.scores[:n])
 
 
-def _search_params(index: faiss.Index, k: int) -> faiss.SearchParameters | None:
-    # Per-call parameters, not attributes on the shared index, so concurrent searches cannot race.
-    if isinstance(index, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(efSearch=max(index.hnsw.efSearch, k))
-    return None
+@dataclass(frozen=True)
+class ItemIndex:
+    """A FAISS index over item factors, searched by inner product (positions = item rows).
+
+    IVF indexes hold the factors augmented with sqrt(M^2 - |x|^2), M the largest norm: the MIPS-to-L2
+    reduction, under which the nearest vector by L2 is the one with the largest inner product. ALS
+    item norms span orders of magnitude, and k-means on raw inner products then puts the items that
+    matter in few, far lists (on 1M synthetic items, recall@200 vs exact: 0.65 at nprobe 64 without
+    the reduction, 0.99 with it). Scores are exact inner products recomputed from the stored vectors.
+    """
+
+    index: faiss.Index
+    mips_max_norm: float | None = None  # set when the vectors are augmented for L2 search
+
+    def __post_init__(self) -> None:
+        if self.mips_max_norm is not None:
+            faiss.extract_index_ivf(self.index).make_direct_map()  # for reconstruct_batch
+
+    @property
+    def d(self) -> int:
+        return self.index.d - (1 if self.mips_max_norm is not None else 0)
+
+    @property
+    def ntotal(self) -> int:
+        return self.index.ntotal
+
+    @property
+    def metric_type(self) -> int:
+        return faiss.METRIC_INNER_PRODUCT
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of shape (len(queries), k); rows are -1 where there were fewer results."""
+        k = max(1, min(k, self.ntotal))
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.mips_max_norm is None:
+            if isinstance(self.index, faiss.IndexHNSW):
+                # Per-call parameters, not attributes on the shared index, so searches cannot race.
+                params = faiss.SearchParametersHNSW(efSearch=max(self.index.hnsw.efSearch, k))
+                return self.index.search(q, k, params=params)
+            return self.index.search(q, k)
+        _, rows = self.index.search(np.hstack([q, np.zeros((len(q), 1), np.float32)]), k)
+        vectors = self.index.reconstruct_batch(np.maximum(rows, 0).ravel()).reshape(len(q), k, -1)
+        scores = np.einsum("qkd,qd->qk", vectors[:, :, : self.d], q)
+        scores[rows < 0] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")  # L2 round-off can swap near-ties
+        return np.take_along_axis(scores, order, 1).astype(np.float32), np.take_along_axis(rows, order, 1)
 
 
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, rows) of shape (len(queries), k); rows are -1 where the index had fewer results."""
-    k = max(1, min(k, index.ntotal))
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    params = _search_params(index, k)
-    return index.search(q, k, params=params) if params is not None else index.search(q, k)
+def augment_for_l2(item_factors: np.ndarray) -> tuple[np.ndarray, float]:
+    """Item vectors with the extra coordinate of the MIPS-to-L2 reduction, and the norm M used."""
+    norms = np.linalg.norm(item_factors, axis=1)
+    m = float(norms.max()) if len(norms) else 0.0
+    extra = np.sqrt(np.maximum(m**2 - norms**2, 0.0))[:, None]
+    return np.ascontiguousarray(np.hstack([item_factors, extra]), dtype=np.float32), m
+
+
+def search(index: ItemIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return index.search(queries, k)
 
 
 def retrieve(
-    index: faiss.Index,
+    index: ItemIndex,
     queries: np.ndarray,
     n: int,
     filters: Sequence[Filter],

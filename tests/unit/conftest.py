@@ -12,6 +12,7 @@ import xgboost as xgb
 from serve_app.bundle import Bundle, History
 from serve_app.features import FEATURE_NAMES, ITEM_FEATURES
 from serve_app.stages.rank import ItemSnapshot
+from serve_app.stages.retrieve import ItemIndex
 from serve_app.stages.user_features import UserFeatureResult
 
 DIM = 8
@@ -22,8 +23,9 @@ def make_bundle(version: str = "v-test", seed: int = 0) -> Bundle:
     rng = np.random.default_rng(seed)
     item_ids = np.arange(1_000, 1_000 + N_ITEMS, dtype=np.int64)  # sorted, not equal to rows
     vectors = rng.normal(size=(N_ITEMS, DIM)).astype(np.float32)
-    index = faiss.IndexFlatIP(DIM)
-    index.add(vectors)
+    flat = faiss.IndexFlatIP(DIM)
+    flat.add(vectors)
+    index = ItemIndex(flat)
     columns = {name: rng.uniform(0, 50, N_ITEMS) for name in ITEM_FEATURES}
     columns["item_category"] = rng.integers(0, 4, N_ITEMS).astype(np.float64)
     x = rng.normal(size=(400, len(FEATURE_NAMES))).astype(np.float32)

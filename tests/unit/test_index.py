@@ -36,7 +36,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 def test_flat_is_exact(catalogue: tuple[np.ndarray, np.ndarray]) -> None:
     items, queries = catalogue
     index, params = build_index(items, IndexConfig(kind="flat"))
-    assert isinstance(index, faiss.IndexFlatIP)
+    assert isinstance(index.index, faiss.IndexFlatIP)
     assert params == {"kind": "flat", "dim": DIM, "n_items": N_ITEMS, "metric": "inner_product"}
     _, rows = search(index, queries, K)
     assert recall(rows, exact_order(items, queries)[:, :K]) == 1.0
@@ -60,16 +60,16 @@ def test_approximate_index_recall_at_100(catalogue: tuple[np.ndarray, np.ndarray
 def test_ivf_parameters_follow_the_config(catalogue: tuple[np.ndarray, np.ndarray]) -> None:
     items, _ = catalogue
     index, params = build_index(items, IndexConfig(kind="ivf", ivf_nlist=64, ivf_nprobe=8))
-    assert isinstance(index, faiss.IndexIVFFlat)
-    assert (index.nlist, index.nprobe) == (64, 8)
+    assert isinstance(index.index, faiss.IndexIVFFlat)
+    assert (index.index.nlist, index.index.nprobe) == (64, 8)
     assert (params["nlist"], params["nprobe"]) == (64, 8)
 
 
 def test_hnsw_parameters_follow_the_config(catalogue: tuple[np.ndarray, np.ndarray]) -> None:
     items, _ = catalogue
     index, params = build_index(items[:500], IndexConfig(kind="hnsw", hnsw_m=16, hnsw_ef_search=300))
-    assert isinstance(index, faiss.IndexHNSWFlat)
-    assert index.hnsw.efSearch == 300
+    assert isinstance(index.index, faiss.IndexHNSWFlat)
+    assert index.index.hnsw.efSearch == 300
     assert (params["m"], params["ef_search"]) == (16, 300)
 
 
@@ -82,7 +82,7 @@ def test_auto_is_flat_below_exact_threshold_and_ivf_above(
     assert resolve_kind(cfg, n_items) == expected
     index, params = build_index(items[:n_items], cfg)
     assert params["kind"] == expected
-    assert isinstance(index, faiss.IndexFlatIP if expected == "flat" else faiss.IndexIVFFlat)
+    assert isinstance(index.index, faiss.IndexFlatIP if expected == "flat" else faiss.IndexIVFFlat)
     assert index.ntotal == n_items
 
 
@@ -148,3 +148,18 @@ def test_retrieve_more_than_the_catalogue_returns_every_other_item() -> None:
     index, _ = build_index(items, IndexConfig(kind="flat"))
     ((cands, _),) = retrieve(index, items[:1], 100, [SeenFilter()], [ctx([0, 1, 2])])
     assert sorted(cands.rows.tolist()) == list(range(3, 40))
+
+
+def test_ivf_mips_reduction_finds_high_norm_items_and_scores_exactly() -> None:
+    # ALS-like factors: directions in clusters, norms spanning three orders of magnitude.
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(20, DIM))
+    items = (centres[rng.integers(0, 20, 20_000)] + 0.3 * rng.normal(size=(20_000, DIM))).astype(np.float32)
+    items *= np.exp(rng.normal(0, 1.5, 20_000))[:, None].astype(np.float32)
+    queries = rng.normal(size=(50, DIM)).astype(np.float32)
+    index, params = build_index(items, IndexConfig(kind="ivf"))
+    assert params["mips_to_l2"] and index.d == DIM and index.index.d == DIM + 1
+    assert index_recall(index, items, queries, 100) >= 0.95
+    scores, rows = search(index, queries, 100)
+    np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", items[rows], queries), rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 0)

@@ -41,7 +41,7 @@ def test_retrieval_returns_n_unseen_unexcluded_candidates_best_first(tiny_bundle
     assert np.all(np.diff(got.scores) <= 1e-6)
     # The scores are the inner products of the user's embedding with those items.
     rows = pipeline.item_rows(tiny_bundle, got.item_ids)
-    vectors = tiny_bundle.index.reconstruct_n(0, tiny_bundle.index.ntotal)[rows]
+    vectors = tiny_bundle.index.index.reconstruct_n(0, tiny_bundle.index.ntotal)[rows]
     np.testing.assert_allclose(got.scores, vectors @ features.embedding, rtol=1e-5)
 
 
