@@ -49,11 +49,20 @@ def _alive(state: dict) -> bool:
     return psutil.pid_exists(state["pid"]) and psutil.Process(state["pid"]).status() != psutil.STATUS_ZOMBIE
 
 
-def start_head(state_file: Path = STATE, num_cpus: int = 2, env: dict[str, str] | None = None) -> dict:
+def start_head(
+    state_file: Path = STATE,
+    num_cpus: int = 2,
+    env: dict[str, str] | None = None,
+    throughput_optimized: bool = False,
+) -> dict:
     """Start a Ray head bound to 127.0.0.1 and wait until its dashboard (serve deploy's API) answers.
 
     `env` reaches every replica (e.g. RECSYS_HOME, which relative paths in the app args resolve against).
+    `throughput_optimized` sets RAY_SERVE_THROUGHPUT_OPTIMIZED=1: the ingress replica also serves HTTP
+    on a port of its own (direct ingress, bound to the config's host), and stages talk over gRPC.
     """
+    if throughput_optimized:
+        env = {**(env or {}), "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     gcs, dashboard = _free_port(), _free_port()
     # Short and unique per checkout: Ray's socket paths must stay under 107 characters.
     temp_dir = (
@@ -78,7 +87,7 @@ def start_head(state_file: Path = STATE, num_cpus: int = 2, env: dict[str, str] 
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=_env(),
+        env=_env(env),
         start_new_session=True,
         cwd=ROOT,
     )
@@ -87,6 +96,7 @@ def start_head(state_file: Path = STATE, num_cpus: int = 2, env: dict[str, str] 
         "gcs": f"127.0.0.1:{gcs}",
         "dashboard": f"http://127.0.0.1:{dashboard}",
         "temp_dir": str(temp_dir),
+        "throughput_optimized": throughput_optimized,
     }
     state_file.write_text(json.dumps(state))
     deadline = time.monotonic() + 120
@@ -137,6 +147,21 @@ def wait_healthy(base_url: str, state: dict, timeout_s: float = 300) -> None:
             raise RuntimeError(f"the application failed to deploy:\n{status}")
         time.sleep(2)
     raise RuntimeError(f"{base_url}/healthz did not answer within {timeout_s:.0f} s")
+
+
+def http_targets(state: dict, app: str = "recsys") -> list[str]:
+    """Base URLs that serve `app` over HTTP, as Serve publishes them (`target_groups` of its REST API).
+
+    With direct ingress these are the ingress replicas' own ports, the supported way for a client or a
+    load balancer to find them; otherwise they are the proxies.
+    """
+    details = httpx.get(f"{state['dashboard']}/api/serve/applications/", timeout=10).json()
+    return [
+        f"http://{t['ip']}:{t['port']}"
+        for group in details.get("target_groups", [])
+        if group.get("protocol") == "HTTP" and group.get("app_name", app) in (app, "")
+        for t in group.get("targets", [])
+    ]
 
 
 def stop(state_file: Path = STATE) -> bool:

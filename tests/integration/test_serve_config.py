@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -58,6 +59,11 @@ def test_serve_deploy_against_a_head_started_here(built, tmp_path):
         local_cluster.wait_healthy(f"http://127.0.0.1:{port}", state, timeout_s=240)
         response = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": 1, "k": 3}, timeout=30)
         assert response.status_code == 200 and len(response.json()["items"]) == 3
+        # The replicas resolved the config's relative paths against RECSYS_HOME, not this checkout.
+        assert (
+            response.json()["bundle_version"]
+            == json.loads((built.bundle / "manifest.json").read_text())["version"]
+        )
     finally:
         assert local_cluster.stop(state_file)
     assert not state_file.exists()
