@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 DATA ?=
 ARTIFACTS ?= artifacts
 REPO ?= feature_repo
+# make run SERVE_CONFIG=cluster/serve_config.colocated.yaml THROUGHPUT_OPTIMIZED=1  (see README, Topologies)
+SERVE_CONFIG ?= cluster/serve_config.yaml
+THROUGHPUT_OPTIMIZED ?=
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export FEAST_DISABLE_USAGE ?= 1
@@ -27,7 +30,8 @@ build: install
 
 run: install
 	@test -e $(ARTIFACTS)/current || $(MAKE) --no-print-directory build
-	$(BIN)/python -m serve_app.local_cluster start --artifacts $(ARTIFACTS) --repo $(REPO)
+	$(BIN)/python -m serve_app.local_cluster start --config $(SERVE_CONFIG) \
+		$(if $(filter 1,$(THROUGHPUT_OPTIMIZED)),--throughput-optimized)
 
 stop:
 	@test -x $(BIN)/python && $(BIN)/python -m serve_app.local_cluster stop || true

@@ -23,14 +23,12 @@ from serve_app.deployments import (
     UserFeatures,
     configure_reader,
     open_reader,
-    timed,
 )
-from serve_app.flow import Overloaded, RecommendFlow, in_process_stages
+from serve_app.flow import Overloaded, RecommendFlow, in_process_stages, to_response
 from serve_app.http import RequestContextMiddleware, install_error_handlers
 from serve_app.schemas import (
     ErrorResponse,
     HealthResponse,
-    ItemScore,
     RecommendRequest,
     RecommendResponse,
     VersionResponse,
@@ -83,7 +81,7 @@ api.add_middleware(RequestContextMiddleware, echo=False)
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=64,
-    max_queued_requests=256,
+    max_queued_requests=64,
     backpressure_config={"status_code": 503, "retry_after_s": RETRY_AFTER_S},
 )
 @serve.ingress(api)
@@ -103,6 +101,9 @@ class Ingress:
         self.filters: list = []
         self.n_candidates, self.deadline_s = 200, 1.0
         self.stages = {"retriever": retriever, "ranker": ranker} if retriever and ranker else {}
+        self.readiness = {name: h.version.remote for name, h in self.stages.items()}
+        if user_features is not None:
+            self.readiness["user_features"] = user_features.ready.remote
         self.reader = None
         if user_features and retriever and ranker:
             self.flow = RecommendFlow(user_features.get.remote, retriever.retrieve.remote, ranker.rank.remote)
@@ -151,25 +152,23 @@ class Ingress:
                 f"overloaded ({exc}); retry after {RETRY_AFTER_S}s",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             ) from exc
-        timings = {**result.timings_ms, "total": timed(start)} if body.debug else None
-        return RecommendResponse(
-            user_id=body.user_id,
-            items=[
-                ItemScore(item_id=int(i), score=float(s))
-                for i, s in zip(result.item_ids[: body.k], result.scores[: body.k], strict=True)
-            ],
-            bundle_version=result.bundle_version,
-            degraded=result.degraded,
-            fallback=result.fallback,
-            degraded_reason=result.reason,
-            request_id=request.state.request_id,
-            timings_ms=timings,
-            filtered=result.filtered if body.debug else None,
-        )
+        return to_response(result, body, request.state.request_id, (time.perf_counter() - start) * 1000)
 
     @api.get("/healthz", response_model=HealthResponse)
     async def healthz(self) -> HealthResponse:
-        return HealthResponse(status="ok", bundle_version=self.holder.require().version)
+        """Ready when this replica holds a bundle and every stage it calls answers (a load balancer's
+        readiness check: before that, answers would be fallbacks)."""
+        version = self.holder.require().version
+        for name, call in self.readiness.items():
+            try:
+                await asyncio.wait_for(call(), 2.0)
+            except Exception as exc:
+                raise HTTPException(
+                    503,
+                    f"{name} is not ready ({type(exc).__name__})",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                ) from exc
+        return HealthResponse(status="ok", bundle_version=version)
 
     @api.get("/version", response_model=VersionResponse)
     async def version(self) -> VersionResponse:

@@ -89,6 +89,9 @@ class UserFeatures:
     async def get(self, user_id: int) -> UserFeatureResult:
         return await self.reader.aget(user_id)
 
+    async def ready(self) -> bool:
+        return True
+
     def check_health(self) -> None:
         if self.reader is None:
             raise RuntimeError("user feature reader not initialised")

@@ -13,12 +13,34 @@ from dataclasses import replace
 from typing import Any
 
 from serve_app.bundle import Bundle
+from serve_app.schemas import ItemScore, RecommendRequest, RecommendResponse
 from serve_app.stages import pipeline
 from serve_app.stages.filters import Filter
 from serve_app.stages.pipeline import Scored
 from serve_app.stages.user_features import UserFeatureReader
 
 Stage = Callable[..., Any]  # returns an awaitable that can also be passed on unawaited
+
+
+def to_response(
+    result: Scored, body: RecommendRequest, request_id: str, elapsed_ms: float
+) -> RecommendResponse:
+    """The HTTP answer for a flow result: top k, and timings and filter counts when debug is asked."""
+    k = body.k
+    return RecommendResponse(
+        user_id=body.user_id,
+        items=[
+            ItemScore(item_id=int(i), score=float(s))
+            for i, s in zip(result.item_ids[:k], result.scores[:k], strict=True)
+        ],
+        bundle_version=result.bundle_version,
+        degraded=result.degraded,
+        fallback=result.fallback,
+        degraded_reason=result.reason,
+        request_id=request_id,
+        timings_ms={**result.timings_ms, "total": round(elapsed_ms, 3)} if body.debug else None,
+        filtered=result.filtered if body.debug else None,
+    )
 
 
 class Overloaded(Exception):

@@ -129,35 +129,35 @@ def deploy(state: dict, config: Path, http_port: int | None = None) -> Path:
     return config
 
 
-def wait_healthy(base_url: str, state: dict, timeout_s: float = 300) -> None:
+def wait_healthy(base_url: str, state: dict, timeout_s: float = 300, app: str = "recsys") -> None:
+    """Until Serve reports the app RUNNING (every deployment healthy) and its /healthz answers 200."""
     deadline = time.monotonic() + timeout_s
+    status = "unknown"
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+            details = httpx.get(f"{state['dashboard']}/api/serve/applications/", timeout=5).json()
+            info = details.get("applications", {}).get(app, {})
+            status = info.get("status", "NOT_STARTED")
+            if status == "DEPLOY_FAILED":
+                raise RuntimeError(f"the application failed to deploy: {info.get('message', '')}")
+            if status == "RUNNING" and httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        status = subprocess.run(
-            [str(BIN / "serve"), "status", "--address", state["dashboard"]],
-            capture_output=True,
-            text=True,
-            env=_env(),
-        ).stdout
-        if "DEPLOY_FAILED" in status:
-            raise RuntimeError(f"the application failed to deploy:\n{status}")
-        time.sleep(2)
-    raise RuntimeError(f"{base_url}/healthz did not answer within {timeout_s:.0f} s")
+        time.sleep(1)
+    raise RuntimeError(f"{app} was not ready within {timeout_s:.0f} s (Serve status {status})")
 
 
-def http_targets(state: dict, app: str = "recsys") -> list[str]:
-    """Base URLs that serve `app` over HTTP, as Serve publishes them (`target_groups` of its REST API).
+def http_ports(state: dict, app: str = "recsys") -> list[int]:
+    """Ports that serve `app` over HTTP, as Serve publishes them (`target_groups` of its REST API).
 
     With direct ingress these are the ingress replicas' own ports, the supported way for a client or a
-    load balancer to find them; otherwise they are the proxies.
+    load balancer to find them; otherwise the proxies'. Only the port is used: Serve publishes the
+    node's primary IP, while the replica binds to http_options.host (127.0.0.1 in our configs).
     """
     details = httpx.get(f"{state['dashboard']}/api/serve/applications/", timeout=10).json()
     return [
-        f"http://{t['ip']}:{t['port']}"
+        int(t["port"])
         for group in details.get("target_groups", [])
         if group.get("protocol") == "HTTP" and group.get("app_name", app) in (app, "")
         for t in group.get("targets", [])
@@ -189,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve_app.local_cluster")
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--config", default=str(ROOT / "cluster" / "serve_config.yaml"))
-    parser.add_argument("--artifacts", default="artifacts")
-    parser.add_argument("--repo", default="feature_repo")
+    parser.add_argument(
+        "--throughput-optimized",
+        action="store_true",
+        help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1: the ingress also serves on its own port (direct ingress)",
+    )
     args = parser.parse_args(argv)
     if args.action == "stop":
         print(
@@ -204,19 +207,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     config = Path(args.config)
     port = yaml.safe_load(config.read_text()).get("http_options", {}).get("port", 8000)
-    state = start_head()
+    state = start_head(throughput_optimized=args.throughput_optimized)
     try:
         deploy(state, config)
         wait_healthy(f"http://127.0.0.1:{port}", state)
+        base = f"http://127.0.0.1:{port}"
+        if args.throughput_optimized:  # prefer the ingress's own port: it skips the proxy hop
+            direct = [p for p in http_ports(state) if p != port]
+            base = f"http://127.0.0.1:{direct[0]}" if direct else base
     except Exception:
         stop()
         raise
     print(f"""
-The recommender is up on http://127.0.0.1:{port} (Ray dashboard: {state["dashboard"]}).
+The recommender is up on {base} (proxy: http://127.0.0.1:{port}; Ray dashboard: {state["dashboard"]}).
 Try:
-  curl -s -X POST http://127.0.0.1:{port}/recommend -H 'Content-Type: application/json' \\
+  curl -s -X POST {base}/recommend -H 'Content-Type: application/json' \\
        -d '{{"user_id": 1, "k": 5}}'
-API docs: http://127.0.0.1:{port}/docs     Stop it with: make stop
+API docs: {base}/docs     Stop it with: make stop
 """)
     return 0
 

@@ -34,6 +34,19 @@ def test_config_matches_serves_schema_and_our_app_args():
     assert schema.http_options.host == "127.0.0.1"
 
 
+def test_colocated_config_matches_serves_schema():
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(
+        yaml.safe_load((ROOT / "cluster" / "serve_config.colocated.yaml").read_text())
+    )
+    [app] = schema.applications
+    assert AppArgs.model_validate(app.args).topology == "colocated"
+    # Colocated runs no stage deployments: naming one here would fail the deploy.
+    assert [d.name for d in app.deployments] == ["Ingress"]
+    assert app.deployments[0].autoscaling_config["max_replicas"] >= 1
+
+
 def test_unknown_app_arg_is_rejected():
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
         AppArgs.model_validate({"bundel": "artifacts/current"})

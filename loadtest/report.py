@@ -1,0 +1,226 @@
+"""Write a run's report: report.json, latency.png and summary.md, in <out>/<timestamp>/ and <out>/latest/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+P99_SLO_MS = 50.0
+MAX_ERROR_RATE = 0.01  # a level that sheds more than 1% of requests does not count as "served"
+TARGETS = ("floor", "baseline", "served")
+COLORS = {"floor": "tab:green", "baseline": "tab:blue", "served": "tab:red", "noop": "tab:gray"}
+
+
+def _level(levels: list[dict], mode: str, value: float) -> dict | None:
+    return next((lv for lv in levels if lv["mode"] == mode and lv["value"] == value), None)
+
+
+def max_throughput_at_slo(levels: list[dict], slo_ms: float = P99_SLO_MS) -> float | None:
+    """Highest 2xx throughput of any level (closed or open) whose p99 <= slo_ms and errors <= 1%."""
+    ok = [
+        lv["throughput_rps"]
+        for lv in levels
+        if lv["latency_ms"]["p99"] is not None
+        and lv["latency_ms"]["p99"] <= slo_ms
+        and lv["error_rate"] <= MAX_ERROR_RATE
+    ]
+    return max(ok) if ok else None
+
+
+def ratios(targets: dict[str, dict]) -> dict[str, Any]:
+    levels = {name: t.get("levels", []) for name, t in targets.items()}
+    served_c1 = _level(levels.get("served", []), "closed", 1)
+    floor_c1 = _level(levels.get("floor", []), "closed", 1)
+    p50 = (
+        (served_c1 or {}).get("latency_ms", {}).get("p50"),
+        (floor_c1 or {}).get("latency_ms", {}).get("p50"),
+    )
+    served_max = max_throughput_at_slo(levels.get("served", []))
+    base_max = max_throughput_at_slo(levels.get("baseline", []))
+    return {
+        "served_p50_over_floor_p50_c1": round(p50[0] / p50[1], 2) if all(p50) else None,
+        "served_p50_c1_ms": p50[0],
+        "floor_p50_c1_ms": p50[1],
+        "served_max_rps_at_p99_50ms_over_baseline": round(served_max / base_max, 3)
+        if served_max and base_max
+        else None,
+        "served_max_rps_at_p99_50ms": served_max,
+        "baseline_max_rps_at_p99_50ms": base_max,
+    }
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: the benchmark runs headless
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    cats = report["catalogues"]
+    fig, axes = plt.subplots(1, max(1, len(cats)), figsize=(7 * max(1, len(cats)), 5.5), squeeze=False)
+    for ax, (name, cat) in zip(axes[0], cats.items(), strict=False):
+        for target, data in cat["targets"].items():
+            for mode, marker, fill in (("closed", "o", "full"), ("open", "s", "none")):
+                lvs = [lv for lv in data.get("levels", []) if lv["mode"] == mode and lv["latency_ms"]["p50"]]
+                lvs.sort(key=lambda lv: lv["value"])
+                x = [lv["throughput_rps"] for lv in lvs]
+                for pct, style in (("p50", "-"), ("p99", "--")):
+                    y = [lv["latency_ms"][pct] for lv in lvs]
+                    ax.plot(x, y, linestyle=style, marker=marker, fillstyle=fill, color=COLORS.get(target))
+                for lv in lvs:  # which load level each point is: offered rate or concurrency
+                    ax.annotate(_label(lv), (lv["throughput_rps"], lv["latency_ms"]["p99"]), fontsize=6)
+        ax.axhline(P99_SLO_MS, color="black", linewidth=0.8, alpha=0.5)
+        ax.set(xscale="log", yscale="log", xlabel="throughput (2xx req/s)", ylabel="latency (ms)")
+        ax.set_title(f"{name} ({cat.get('n_items') or 0:,} items)")
+        ax.grid(True, which="both", alpha=0.3)
+        handles = [Line2D([], [], color=COLORS[t], label=t) for t in TARGETS if t in cat["targets"]]
+        handles += [
+            Line2D([], [], color="gray", linestyle="-", label="p50"),
+            Line2D([], [], color="gray", linestyle="--", label="p99"),
+            Line2D([], [], color="gray", marker="o", linestyle="", label="closed loop (c=)"),
+            Line2D([], [], color="gray", marker="s", fillstyle="none", linestyle="", label="open loop (/s)"),
+            Line2D([], [], color="black", alpha=0.5, label=f"p99 SLO {P99_SLO_MS:g} ms"),
+        ]
+        ax.legend(handles=handles, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(x: Any, nd: int = 1) -> str:
+    return "–" if x is None else f"{x:,.{nd}f}" if isinstance(x, float) else str(x)
+
+
+def _label(lv: dict) -> str:
+    return f"c={int(lv['value'])}" if lv["mode"] == "closed" else f"{lv['value']:g}/s"
+
+
+def _row(target: str, lv: dict) -> str:
+    lat, srv = lv["latency_ms"], lv.get("server", {})
+    label = f"c={int(lv['value'])}" if lv["mode"] == "closed" else f"{lv['value']:g}/s"
+    cells = [
+        target,
+        label,
+        _fmt(lv["throughput_rps"]),
+        *(_fmt(lat[k], 2) for k in ("p50", "p95", "p99", "p99_9")),
+    ]
+    cells += [str(lv["errors"]), str(lv["n_503"]), _fmt(lv["client"]["cpu_pct"])]
+    cells += [_fmt(srv.get("cpu_pct")), _fmt(srv.get("rss_mib"), 0), _fmt(lv.get("machine_cpu_pct"), 0)]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _busiest(server: dict, n: int = 6) -> list[tuple[str, dict]]:
+    groups = server.get("process_groups", {}).items()
+    return sorted(groups, key=lambda kv: -kv[1].get("cpu_pct", 0.0))[:n]
+
+
+def summary(report: dict) -> str:
+    m = report["meta"]
+    mach = m["machine"]
+    out = [
+        f"# Load test {m['timestamp']}",
+        "",
+        f"Machine: {mach['cpu_model']}, {mach['cores_logical']} logical cores, {mach['memory_gib']} GiB; "
+        f"load average at start {mach['load_avg_at_start']}.  ",
+        f"Command: `{m['command']}`  ",
+        f"Profile: {m['profile']}; {m['duration_s']} s per level; client: {m['client_processes']} processes "
+        "(raw HTTP/1.1 keep-alive, asyncio). CPU % is of one core (100 = one core busy), except "
+        "machine CPU % (all cores = 100, includes everything else running on the machine).",
+        "",
+    ]
+    ceiling = report.get("client_ceiling")
+    if ceiling:
+        out += ["## Client ceiling (no-op uvicorn endpoint)", ""]
+        for lv in ceiling["levels"]:
+            p50 = _fmt(lv["latency_ms"]["p50"], 2)
+            out.append(
+                f"- c={int(lv['value'])}: {lv['throughput_rps']:,.0f} req/s, p50 {p50} ms, client CPU "
+                f"{lv['client']['cpu_pct']}%, no-op server CPU {lv['server']['cpu_pct']}%"
+            )
+        out.append("")
+    for name, cat in report["catalogues"].items():
+        r = cat.get("ratios", {})
+        out += [
+            f"## Catalogue `{name}` ({cat.get('n_items', '?'):,} items, bundle {cat.get('bundle_version')})",
+            "",
+            f"- **served p50 / floor p50 at c=1: {_fmt(r.get('served_p50_over_floor_p50_c1'), 2)}** "
+            f"({_fmt(r.get('served_p50_c1_ms'), 2)} ms / {_fmt(r.get('floor_p50_c1_ms'), 2)} ms)",
+            f"- **served / single-process max throughput at p99 <= {P99_SLO_MS:g} ms: "
+            f"{_fmt(r.get('served_max_rps_at_p99_50ms_over_baseline'), 3)}** "
+            f"({_fmt(r.get('served_max_rps_at_p99_50ms'))} / "
+            f"{_fmt(r.get('baseline_max_rps_at_p99_50ms'))} req/s; levels with > 1% errors do not count)",
+        ]
+        info = cat["targets"].get("served", {}).get("info")
+        if info:
+            out.append(
+                f"- served start-up: /healthz 200 after {info.get('healthy_s')} s, first ranked answer after "
+                f"{info['startup_s']} s (head start + deploy + every stage ready)"
+            )
+        for target, data in cat["targets"].items():
+            if idle := data.get("idle"):
+                roles = ", ".join(
+                    f"{k} {v['n']}x {v['rss_mib']:.0f}" for k, v in idle.get("process_groups", {}).items()
+                )
+                after = data.get("idle_after", {}).get("cpu_pct")
+                out.append(
+                    f"- {target} with no traffic: CPU {idle['cpu_pct']}% before the levels, {_fmt(after)}% "
+                    f"after; RSS {idle['rss_mib']:.0f} MiB in {idle['processes']} processes"
+                    + (f" (MiB: {roles})" if idle["processes"] > 1 else "")
+                )
+        out += [
+            "",
+            "| target | level | req/s | p50 ms | p95 ms | p99 ms | p99.9 ms | errors | 503 | client CPU % "
+            "| server CPU % | server RSS MiB | machine CPU % |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for target, data in cat["targets"].items():
+            out += [_row(target, lv) for lv in data.get("levels", [])]
+            if data.get("error"):
+                out.append(f"| {target} | failed: {data['error'][:200]} |")
+        stages = [
+            f"{t} c={int(lv['value'])}: "
+            + ", ".join(f"{s} {v['p50']:.2f}" for s, v in lv["stage_timings_ms"].items())
+            for t, data in cat["targets"].items()
+            for lv in data.get("levels", [])
+            if lv["mode"] == "closed" and lv["value"] in (1, 16) and lv["stage_timings_ms"]
+        ]
+        reasons = {
+            f"{t} {_label(lv)}": lv["fallback"]
+            for t, data in cat["targets"].items()
+            for lv in data.get("levels", [])
+            if set(lv["fallback"]) - {"unknown_user"} or lv["degraded"]
+        }
+        if reasons:
+            out += ["", "Levels with fallbacks other than unknown_user, or degraded answers:", ""]
+            out += [f"- {k}: {v}" for k, v in reasons.items()]
+        if stages:
+            out += ["", "Server-reported stage timings, p50 ms (debug-sampled requests):", ""]
+            out += [f"- {s}" for s in stages]
+        roles = [
+            f"{_label(lv)}: " + ", ".join(f"{k} {v['cpu_pct']:.0f}" for k, v in _busiest(lv["server"]))
+            for lv in cat["targets"].get("served", {}).get("levels", [])
+            if lv["mode"] == "closed" and lv["server"].get("process_groups")
+        ]
+        if roles:
+            out += ["", "Served CPU % by process role (the six busiest):", ""]
+            out += [f"- {r}" for r in roles]
+        out.append("")
+    if report.get("error"):
+        out += ["## Run failed", "", f"```\n{report['error']}\n```", ""]
+    out.append("Figures from one run on a shared 2-core machine; compare targets within a run only.")
+    return "\n".join(out) + "\n"
+
+
+def write(report: dict, out_root: Path) -> Path:
+    run_dir = out_root / report["meta"]["timestamp"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    plot(report, run_dir / "latency.png")
+    (run_dir / "summary.md").write_text(summary(report))
+    latest = out_root / "latest"
+    latest.mkdir(parents=True, exist_ok=True)
+    for name in ("report.json", "latency.png", "summary.md"):
+        shutil.copy(run_dir / name, latest / name)
+    return run_dir

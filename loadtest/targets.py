@@ -1,0 +1,222 @@
+"""The things under load: the in-process floor, uvicorn apps (baseline, no-op) and the Ray Serve app.
+
+Every server target binds 127.0.0.1 on a free port and is stopped by whoever started it, also on
+errors and Ctrl-C (they are context managers). The served app runs exactly as cluster/serve_config.yaml
+deploys it, on a Ray head of its own, stopped through local_cluster.stop (its own process tree only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from loadtest.client import Tally
+from loadtest.mix import Request
+from loadtest.stats import merge, tree
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVE_CONFIG = ROOT / "cluster" / "serve_config.yaml"
+ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "FEAST_DISABLE_USAGE": "1"}
+
+
+def free_port() -> int:
+    from serve_app.local_cluster import _free_port
+
+    return _free_port()
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}; see {log}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s; see {log}")
+
+
+@contextlib.contextmanager
+def uvicorn_target(module: str, args: list[str], probe: str, log: Path) -> Iterator[tuple[int, Callable]]:
+    """`python -m <module> --port P ...` in one process; yields (port, its process list)."""
+    port = free_port()
+    # One OpenMP thread, as Ray gives a replica with num_cpus < 1: the same FAISS work per request.
+    env = {**os.environ, **ENV, "OMP_NUM_THREADS": "1"}
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--port", str(port), *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}{probe}", proc, 180, log)
+        yield port, tree(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def recsys_home(bundle: Path, repo: Path, work: Path) -> Path:
+    """A RECSYS_HOME whose artifacts/current and feature_repo are the bundle and repo under test,
+    so serve_config.yaml's relative paths resolve to them unchanged."""
+    home = work / "home"
+    (home / "artifacts").mkdir(parents=True, exist_ok=True)
+    for link, target in ((home / "artifacts" / "current", bundle), (home / "feature_repo", repo)):
+        link.unlink(missing_ok=True)
+        link.symlink_to(target.resolve())
+    return home
+
+
+@contextlib.contextmanager
+def served_target(
+    bundle: Path, repo: Path, work: Path, config: Path = SERVE_CONFIG, throughput_optimized: bool = False
+) -> Iterator[tuple[int, Callable, dict[str, Any]]]:
+    """A Ray head of our own with the app deployed from `config`; yields (port, processes, info).
+
+    With `throughput_optimized` the port is the ingress replica's own (direct ingress), found where
+    Serve publishes it for clients (`target_groups`), instead of the proxy's.
+    """
+    from serve_app import local_cluster
+
+    home = recsys_home(bundle, repo, work)
+    state_file = work / "ray" / "cluster.json"
+    port = free_port()
+    started = time.monotonic()
+    state = local_cluster.start_head(
+        state_file, env={**ENV, "RECSYS_HOME": str(home)}, throughput_optimized=throughput_optimized
+    )
+    failed = True
+    try:
+        local_cluster.deploy(state, config, http_port=port)
+        local_cluster.wait_healthy(f"http://127.0.0.1:{port}", state, timeout_s=300)
+        if throughput_optimized:
+            port = _direct_ingress_port(state, proxy_port=port)
+        healthy_s = time.monotonic() - started
+        version = httpx.get(f"http://127.0.0.1:{port}/version", timeout=10).json()
+        if Path(version["bundle_path"]).resolve() != bundle.resolve():
+            raise RuntimeError(f"served bundle {version['bundle_path']} is not the one under test {bundle}")
+        _wait_ranked(port, bundle)
+        info = {
+            "healthy_s": round(healthy_s, 1),  # /healthz 200: the Ingress is up
+            "startup_s": round(time.monotonic() - started, 1),  # a request went through every stage
+            "version": version,
+            "config": str(config),
+            "throughput_optimized": throughput_optimized,
+            "port": port,
+        }
+        yield port, tree(state["pid"]), info
+        failed = False
+    finally:
+        stopped_cleanly = local_cluster.stop(state_file)
+        # Ray's session dir is unique to our state file, so it is ours to remove; keep its logs only
+        # when something failed.
+        if stopped_cleanly and not failed:
+            shutil.rmtree(state["temp_dir"], ignore_errors=True)
+            Path(state["temp_dir"] + "-serve_config.yaml").unlink(missing_ok=True)
+
+
+def _direct_ingress_port(state: dict, proxy_port: int, timeout_s: float = 60) -> int:
+    from serve_app import local_cluster
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        direct = [p for p in local_cluster.http_ports(state) if p != proxy_port]
+        if direct:
+            return direct[0]
+        time.sleep(1)
+    raise RuntimeError("Serve published no direct-ingress HTTP target (RAY_SERVE_THROUGHPUT_OPTIMIZED=1)")
+
+
+def _wait_ranked(port: int, bundle: Path, timeout_s: float = 180) -> None:
+    """/healthz answers as soon as the Ingress is up, while UserFeatures may still be importing Feast
+    (seconds of CPU): wait until a known user's answer has really been ranked, undegraded."""
+    from loadtest.mix import bundle_ids
+
+    users = bundle_ids(bundle)[0][:5].tolist()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for user in users:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                r = httpx.post(
+                    f"http://127.0.0.1:{port}/recommend", json={"user_id": user, "debug": True}, timeout=10
+                )
+                body = r.json() if r.status_code == 200 else {}
+                if not body.get("degraded", True) and "rank" in (body.get("timings_ms") or {}):
+                    return
+        time.sleep(0.5)
+    raise RuntimeError(f"no request was ranked within {timeout_s:.0f} s of /healthz answering")
+
+
+def run_floor(
+    bundle_path: Path,
+    repo: Path,
+    settings: dict[str, Any],
+    requests: list[Request],
+    duration_s: float,
+    warmup_s: float,
+) -> dict[str, Any]:
+    """The whole pipeline in this process, one request after another: no HTTP, no hops."""
+    import faiss
+
+    from serve_app.bundle import load_bundle
+    from serve_app.stages.pipeline import Recommender
+    from serve_app.stages.user_features import UserFeatureReader, feast_fetcher
+
+    faiss.omp_set_num_threads(1)  # as in a Ray replica (OMP_NUM_THREADS=1), so the work is the same
+    reader = UserFeatureReader(
+        feast_fetcher(repo), settings["user_features_timeout_s"], settings["user_features_cache_ttl_s"]
+    )
+    rec = Recommender(
+        load_bundle(bundle_path), reader, settings["n_candidates"], settings["blocked_item_ids"]
+    )
+    tally, me, i = Tally(), psutil.Process(), 0
+    try:
+        end = time.perf_counter() + warmup_s
+        while time.perf_counter() < end:
+            r = requests[i % len(requests)]
+            rec.recommend(r.user_id, r.k, r.exclude_item_ids)
+            i += 1
+        cpu0, tally.start = time.process_time(), time.time()
+        end = time.perf_counter() + duration_s
+        while (t0 := time.perf_counter()) < end:
+            r = requests[i % len(requests)]
+            out = rec.recommend(r.user_id, r.k, r.exclude_item_ids)
+            tally.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            tally.degraded += out.degraded
+            if out.fallback is not None:
+                tally.fallback[out.fallback] = tally.fallback.get(out.fallback, 0) + 1
+            if r.debug:
+                tally.timings.append(out.timings_ms)
+            i += 1
+        tally.cpu_s, tally.last = time.process_time() - cpu0, time.time()
+        tally.statuses = {200: len(tally.latencies_ms)}
+    finally:
+        reader.close()
+    level = merge([tally], duration_s)
+    cpu = level.pop("client")["cpu_pct"]
+    rss = me.memory_info().rss / 2**20
+    level["client"] = {"processes": 0, "connections": 0, "cpu_pct": 0.0, "note": "in-process, no client"}
+    level["server"] = {
+        "cpu_pct": cpu,
+        "rss_mib": round(rss, 1),
+        "rss_peak_mib": round(rss, 1),
+        "processes": 1,
+    }
+    return level
