@@ -7,7 +7,6 @@ and reports the refusal (GET /version), so a bad rollout never takes the service
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from ray import serve
@@ -148,7 +147,3 @@ class Ranker(_BatchedStage):
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001)
     async def rank(self, features: list[UserFeatureResult], candidates: list[Scored]) -> list[Scored]:
         return pipeline.rank_candidates(self.holder.require(), list(zip(features, candidates, strict=True)))
-
-
-def timed(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)

@@ -81,10 +81,6 @@ def augment_for_l2(item_factors: np.ndarray) -> tuple[np.ndarray, float]:
     return np.ascontiguousarray(np.hstack([item_factors, extra]), dtype=np.float32), m
 
 
-def search(index: ItemIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return index.search(queries, k)
-
-
 def retrieve(
     index: ItemIndex,
     queries: np.ndarray,
@@ -97,7 +93,7 @@ def retrieve(
     Fetches n plus the largest exclusion budget in the batch, so filtered items never crowd out the n.
     """
     fetch = n + max((exclusion_budget(filters, c) for c in contexts), default=0)
-    scores, rows = search(index, queries, fetch)
+    scores, rows = index.search(queries, fetch)
     out = []
     for s, r, ctx in zip(scores, rows, contexts, strict=True):
         valid = r >= 0

@@ -9,7 +9,7 @@ import pytest
 from serve_app.config import IndexConfig
 from serve_app.offline.index import build_index, index_recall, resolve_kind
 from serve_app.stages.filters import BlockedItemsFilter, FilterContext, RequestExcludeFilter, SeenFilter
-from serve_app.stages.retrieve import retrieve, search
+from serve_app.stages.retrieve import retrieve
 
 N_ITEMS, DIM, K = 5_000, 32, 100
 
@@ -38,7 +38,7 @@ def test_flat_is_exact(catalogue: tuple[np.ndarray, np.ndarray]) -> None:
     index, params = build_index(items, IndexConfig(kind="flat"))
     assert isinstance(index.index, faiss.IndexFlatIP)
     assert params == {"kind": "flat", "dim": DIM, "n_items": N_ITEMS, "metric": "inner_product"}
-    _, rows = search(index, queries, K)
+    _, rows = index.search(queries, K)
     assert recall(rows, exact_order(items, queries)[:, :K]) == 1.0
     assert index_recall(index, items, queries, K) == 1.0
 
@@ -50,7 +50,7 @@ def test_approximate_index_recall_at_100(catalogue: tuple[np.ndarray, np.ndarray
     index, params = build_index(items, cfg, seed=0)
     assert index.ntotal == N_ITEMS and index.metric_type == faiss.METRIC_INNER_PRODUCT
     assert params["kind"] == kind
-    _, rows = search(index, queries, K)
+    _, rows = index.search(queries, K)
     assert (rows >= 0).all()
     measured = recall(rows, exact_order(items, queries)[:, :K])
     assert measured >= 0.9, f"{kind} recall@{K} = {measured:.3f}"
@@ -160,6 +160,6 @@ def test_ivf_mips_reduction_finds_high_norm_items_and_scores_exactly() -> None:
     index, params = build_index(items, IndexConfig(kind="ivf"))
     assert params["mips_to_l2"] and index.d == DIM and index.index.d == DIM + 1
     assert index_recall(index, items, queries, 100) >= 0.95
-    scores, rows = search(index, queries, 100)
+    scores, rows = index.search(queries, 100)
     np.testing.assert_allclose(scores, np.einsum("qkd,qd->qk", items[rows], queries), rtol=1e-5, atol=1e-5)
     assert np.all(np.diff(scores, axis=1) <= 0)
