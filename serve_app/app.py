@@ -78,6 +78,10 @@ install_error_handlers(api)
 api.add_middleware(RequestContextMiddleware, echo=False)
 
 
+def _retry_later(message: str) -> HTTPException:
+    return HTTPException(503, message, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=64,
@@ -147,11 +151,7 @@ class Ingress:
                 self.deadline_s,
             )
         except Overloaded as exc:
-            raise HTTPException(
-                503,
-                f"overloaded ({exc}); retry after {RETRY_AFTER_S}s",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            ) from exc
+            raise _retry_later(f"overloaded ({exc}); retry after {RETRY_AFTER_S}s") from exc
         return to_response(result, body, request.state.request_id, (time.perf_counter() - start) * 1000)
 
     @api.get("/healthz", response_model=HealthResponse)
@@ -163,11 +163,7 @@ class Ingress:
             try:
                 await asyncio.wait_for(call(), 2.0)
             except Exception as exc:
-                raise HTTPException(
-                    503,
-                    f"{name} is not ready ({type(exc).__name__})",
-                    headers={"Retry-After": str(RETRY_AFTER_S)},
-                ) from exc
+                raise _retry_later(f"{name} is not ready ({type(exc).__name__})") from exc
         return HealthResponse(status="ok", bundle_version=version)
 
     @api.get("/version", response_model=VersionResponse)

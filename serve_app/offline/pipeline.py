@@ -172,34 +172,20 @@ def build(
         feast_ops.materialize_incremental(repo)
     store = FeatureStore(repo_path=str(repo))
     feast_ops.check_feature_service(store)
-    with timer.step("ranker training set (get_historical_features)"):
-        train_frame = _with_features(
-            store,
-            candidate_frame(
-                eval_index,
-                eval_emb,
-                split.train,
-                split.holdout,
-                split.ranker_users,
-                cfg.n_candidates,
-                split.cutoff,
-            ),
+
+    def labelled(users: np.ndarray) -> pd.DataFrame:
+        """Retrieved candidates for `users`, labelled, with their point-in-time features."""
+        frame = candidate_frame(
+            eval_index, eval_emb, split.train, split.holdout, users, cfg.n_candidates, split.cutoff
         )
+        return _with_features(store, frame)
+
+    with timer.step("ranker training set (get_historical_features)"):
+        train_frame = labelled(split.ranker_users)
     with timer.step("ranker"):
         booster, ranker_info = train_ranker(train_frame, cfg.ranker, cfg.seed)
     with timer.step("evaluation"):
-        eval_frame = _with_features(
-            store,
-            candidate_frame(
-                eval_index,
-                eval_emb,
-                split.train,
-                split.holdout,
-                split.eval_users,
-                cfg.n_candidates,
-                split.cutoff,
-            ),
-        )
+        eval_frame = labelled(split.eval_users)
         methods = evaluate(split, eval_frame, booster, cfg.n_candidates)
         queries = final_emb.user_factors[final_emb.user_rows(split.eval_users[:1_000])]
         recall = index_recall(index, final_emb.item_factors, queries, cfg.n_candidates)
