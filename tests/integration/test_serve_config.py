@@ -77,6 +77,36 @@ def test_serve_deploy_against_a_head_started_here(built, tmp_path):
             response.json()["bundle_version"]
             == json.loads((built.bundle / "manifest.json").read_text())["version"]
         )
+        assert_overload_is_refused_fast(state, port, tmp_path)
     finally:
         assert local_cluster.stop(state_file)
     assert not state_file.exists()
+
+
+def assert_overload_is_refused_fast(state: dict, port: int, tmp_path) -> None:
+    """The same config with the ingress allowed 1 request in flight and 1 queued: a burst must be
+    refused with 503 + Retry-After (Serve's backpressure_config), never a hang or a 500."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serve_app import local_cluster
+
+    config = yaml.safe_load(CONFIG.read_text())
+    ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
+    ingress.update(max_ongoing_requests=1, max_queued_requests=1)
+    tiny = tmp_path / "serve_config.tiny-queue.yaml"
+    tiny.write_text(yaml.safe_dump(config))
+    local_cluster.deploy(state, tiny, http_port=port)
+    local_cluster.wait_healthy(f"http://127.0.0.1:{port}", state, timeout_s=240)
+
+    def call(i: int) -> httpx.Response:
+        return httpx.post(
+            f"http://127.0.0.1:{port}/recommend", json={"user_id": 1 + i % 50, "k": 5}, timeout=30
+        )
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        responses = list(pool.map(call, range(96)))
+    codes = {r.status_code for r in responses}
+    assert codes <= {200, 503}, codes
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused and any(r.status_code == 200 for r in responses)
+    assert all(r.headers.get("retry-after") == "1" for r in refused)
