@@ -65,25 +65,15 @@ def configure_reader(reader: UserFeatureReader, config: dict[str, Any]) -> None:
     reader.stale_s = float(config.get("stale_s", 3_600))
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.2})
+@serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class UserFeatures:
     """One FeatureStore per replica, a deadline on every read, a small TTL cache."""
 
     def __init__(self, feature_repo: str, feature_store_yaml: str | None = None) -> None:
-        self._fetch = feast_fetcher(feature_repo, feature_store_yaml)
-        # The first read loads the registry and opens the store (~100s of ms): pay it before traffic.
-        try:
-            self._fetch(-1)
-        except (
-            Exception
-        ) as exc:  # a store that is down at start-up degrades requests; it does not block start
-            log.warning("online store not reachable at start-up: %s", exc)
-        self.reader = UserFeatureReader(self._fetch)
+        self.reader = open_reader(feature_repo, feature_store_yaml)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        self.reader.timeout_s = float(config.get("timeout_ms", 50)) / 1000
-        self.reader.ttl_s = float(config.get("cache_ttl_s", 30))
-        self.reader.stale_s = float(config.get("stale_s", 3_600))
+        configure_reader(self.reader, config)
 
     async def get(self, user_id: int) -> UserFeatureResult:
         return await self.reader.aget(user_id)
@@ -110,7 +100,7 @@ class _BatchedStage:
         return {"version": self.holder.require().version, "refused": self.holder.refused}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.4}, max_ongoing_requests=32)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
 class Retriever(_BatchedStage):
     """FAISS top-N over the bundle's index, minus seen, excluded and blocked items."""
 
@@ -133,7 +123,7 @@ class Retriever(_BatchedStage):
         return pipeline.retrieve_batch(bundle, self.filters, list(zip(features, n, exclude, strict=True)))
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.4}, max_ongoing_requests=32)
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
 class Ranker(_BatchedStage):
     """XGBoost over candidates joined with the bundle's in-memory item snapshot."""
 

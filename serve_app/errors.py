@@ -1,7 +1,8 @@
 """One error hierarchy, classified by who is at fault, each error knowing its HTTP status.
 
-Client errors (4xx) say what the caller must fix; dependency errors (503) mean something we rely on
-failed and the answer may be degraded; artifact errors stop a bundle from being loaded at all.
+Client errors (4xx) come from the HTTP models' validation and say what the caller must fix (see
+serve_app/http.py); dependency errors (503) mean something we rely on refused or failed; data, bundle
+and config errors stop a build or a bundle load with a message naming what is wrong.
 """
 
 from __future__ import annotations
@@ -9,10 +10,6 @@ from __future__ import annotations
 
 class RecsysError(Exception):
     http_status: int = 500
-
-
-class ClientError(RecsysError):
-    http_status = 400
 
 
 class DependencyError(RecsysError):

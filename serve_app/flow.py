@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from serve_app.bundle import Bundle
+from serve_app.errors import DependencyError
 from serve_app.schemas import ItemScore, RecommendRequest, RecommendResponse
 from serve_app.stages import pipeline
 from serve_app.stages.filters import Filter
@@ -43,7 +44,7 @@ def to_response(
     )
 
 
-class Overloaded(Exception):
+class Overloaded(DependencyError):
     """A downstream stage refused the request because its queue is full: tell the client to retry."""
 
 

@@ -77,6 +77,7 @@ def test_serve_deploy_against_a_head_started_here(built, tmp_path):
             response.json()["bundle_version"]
             == json.loads((built.bundle / "manifest.json").read_text())["version"]
         )
+        assert_in_place_rollout(state, port, built, tmp_path)
         assert_overload_is_refused_fast(state, port, tmp_path)
     finally:
         assert local_cluster.stop(state_file)
@@ -110,3 +111,58 @@ def assert_overload_is_refused_fast(state: dict, port: int, tmp_path) -> None:
     refused = [r for r in responses if r.status_code == 503]
     assert refused and any(r.status_code == 200 for r in responses)
     assert all(r.headers.get("retry-after") == "1" for r in refused)
+
+
+def assert_in_place_rollout(state: dict, port: int, built, tmp_path) -> None:
+    """The ops path for a new bundle: set it in the deployments' user_config and `serve deploy`. The
+    app's code version is unchanged, so Serve calls reconfigure() on the running replicas; requests
+    flowing meanwhile all succeed, none degraded, and /version then shows the new bundle everywhere."""
+    import shutil
+    import threading
+    import time
+
+    from serve_app import local_cluster
+
+    new = tmp_path / "next"
+    shutil.copytree(built.bundle, new)
+    manifest = json.loads((new / "manifest.json").read_text())
+    manifest["version"] = "next-version"
+    (new / "manifest.json").write_text(json.dumps(manifest))
+    config = yaml.safe_load(CONFIG.read_text())
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] in ("Ingress", "Retriever", "Ranker"):
+            deployment["user_config"] = {"bundle": str(new)}
+    rolled = tmp_path / "serve_config.next.yaml"
+    rolled.write_text(yaml.safe_dump(config))
+
+    base = f"http://127.0.0.1:{port}"
+    problems: list[str] = []
+    count = 0
+    stop = threading.Event()
+
+    def traffic() -> None:
+        nonlocal count
+        with httpx.Client(base_url=base, timeout=30) as client:
+            while not stop.is_set():
+                r = client.post("/recommend", json={"user_id": 1 + count % 50, "k": 5})
+                count += 1
+                if r.status_code != 200 or r.json()["degraded"]:
+                    problems.append(f"{r.status_code} {r.text[:120]}")
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        local_cluster.deploy(state, rolled, http_port=port)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            v = httpx.get(f"{base}/version", timeout=10).json()
+            if v["bundle_version"] == "next-version" and set(v["stages"].values()) == {"next-version"}:
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert count > 10 and not problems, problems[:3]
+    v = httpx.get(f"{base}/version", timeout=10).json()
+    assert v["bundle_version"] == "next-version" and set(v["stages"].values()) == {"next-version"}
