@@ -124,6 +124,10 @@ class UserFeatureReader:
             return self._settle(user_id, hit, None, exc)
         return self._settle(user_id, hit, values, None)
 
+    def close(self) -> None:
+        """Stop the store-reading threads (for callers that create readers and move on)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
 
 def _result(
     user_id: int, values: dict[str, Any] | None, source: Source, degraded: bool, reason: str | None = None
