@@ -18,7 +18,7 @@ export FEAST_DISABLE_USAGE ?= 1
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[offline,dev,bench]'
 	touch $@
 
 install: $(BIN)/.installed

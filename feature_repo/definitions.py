@@ -64,7 +64,9 @@ item_features = FeatureView(
         Field(name="item_emb_norm", dtype=Float32, description="Norm of the ALS item factors"),
         Field(name="item_category", dtype=Int64, description="Code of the first genre, -1 when none"),
     ],
-    online=True,
+    # Offline only: training reads it point-in-time; serving holds the bundle's snapshot in memory
+    # (design section 2), so materializing a row per item into the online store would be pure cost.
+    online=False,
     source=item_source,
 )
 
@@ -85,5 +87,6 @@ ranker_v1 = FeatureService(
     ],
 )
 
-# What the request path reads per user: the embedding for retrieval plus the ranker's user features.
+# What the request path reads per user (serve_app/stages/user_features.feast_fetcher): the embedding
+# for retrieval plus the ranker's user features.
 user_online_v1 = FeatureService(name="user_online_v1", features=[user_features])

@@ -146,7 +146,7 @@ class Runner:
             "n_items": manifest.get("n_items"),
             "n_history_users": len(users),
             "feature_repo": str(cat.repo),
-            "settings": settings,
+            "settings": settings.model_dump(mode="json"),
             "targets": {},
         }
         targets: dict[str, dict] = result["targets"]

@@ -23,6 +23,7 @@ import psutil
 from loadtest.client import Tally
 from loadtest.mix import Request
 from loadtest.stats import merge, tree
+from serve_app.config import ServingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = ROOT / "cluster" / "serve_config.yaml"
@@ -167,48 +168,47 @@ def _wait_ranked(port: int, bundle: Path, timeout_s: float = 180) -> None:
 def run_floor(
     bundle_path: Path,
     repo: Path,
-    settings: dict[str, Any],
+    settings: ServingSettings,
     requests: list[Request],
     duration_s: float,
     warmup_s: float,
 ) -> dict[str, Any]:
-    """The whole pipeline in this process, one request after another: no HTTP, no hops."""
+    """The request flow in this process, one request after another: the same flow and stages the
+    colocated ingress and the baseline run, with no HTTP and no hops."""
+    import asyncio
+
     import faiss
 
-    from serve_app.bundle import load_bundle
-    from serve_app.stages.pipeline import Recommender
-    from serve_app.stages.user_features import UserFeatureReader, feast_fetcher
+    from serve_app.request_flow import in_process_flow
 
     faiss.omp_set_num_threads(1)  # as in a Ray replica (OMP_NUM_THREADS=1), so the work is the same
-    reader = UserFeatureReader(
-        feast_fetcher(repo), settings["user_features_timeout_s"], settings["user_features_cache_ttl_s"]
-    )
-    rec = Recommender(
-        load_bundle(bundle_path), reader, settings["n_candidates"], settings["blocked_item_ids"]
-    )
+    flow, reader = in_process_flow(bundle_path, repo, settings)
+    loop = asyncio.new_event_loop()
     tally, me, i = Tally(), psutil.Process(), 0
     try:
         end = time.perf_counter() + warmup_s
         while time.perf_counter() < end:
             r = requests[i % len(requests)]
-            rec.recommend(r.user_id, r.k, r.exclude_item_ids)
+            loop.run_until_complete(flow.run(r.user_id, r.k, tuple(r.exclude_item_ids)))
             i += 1
         cpu0, tally.start = time.process_time(), time.time()
         end = time.perf_counter() + duration_s
         while (t0 := time.perf_counter()) < end:
             r = requests[i % len(requests)]
-            out = rec.recommend(r.user_id, r.k, r.exclude_item_ids)
-            tally.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            out = loop.run_until_complete(flow.run(r.user_id, r.k, tuple(r.exclude_item_ids)))
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            tally.latencies_ms.append(elapsed_ms)
             tally.degraded += out.degraded
             if out.fallback is not None:
                 tally.fallback[out.fallback] = tally.fallback.get(out.fallback, 0) + 1
             if r.debug:
-                tally.timings.append(out.timings_ms)
+                tally.timings.append({**out.timings_ms, "total": elapsed_ms})
             i += 1
         tally.cpu_s, tally.last = time.process_time() - cpu0, time.time()
         tally.statuses = {200: len(tally.latencies_ms)}
     finally:
         reader.close()
+        loop.close()
     level = merge([tally], duration_s)
     cpu = level.pop("client")["cpu_pct"]
     rss = me.memory_info().rss / 2**20

@@ -3,6 +3,8 @@
 Everything that must agree (index, ranker, item snapshot, fallback list, history) travels together and
 is checked together: checksums, dimensions, and feature names against serve_app/features.py. A bundle
 that fails a check is refused with a message saying what is wrong, so the previous one keeps serving.
+A replica loads only the parts it serves (`parts`); every file's checksum is verified all the same, so
+all replicas refuse the same bundles.
 """
 
 from __future__ import annotations
@@ -11,36 +13,24 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import faiss
 import numpy as np
 import xgboost as xgb
 
+from serve_app.artifacts import History, ItemIndex, ItemSnapshot, check_ranker_features, load_ranker
 from serve_app.errors import BundleError
 from serve_app.features import FEATURE_NAMES, ITEM_FEATURES, USER_FEATURES
-from serve_app.stages.rank import ItemSnapshot, check_ranker_features, load_ranker
-from serve_app.stages.retrieve import ItemIndex
 
 FORMAT = 1
 FILES = ("index.faiss", "ranker.ubj", "items.npz", "popular.npy", "history.npz")
-
-
-@dataclass(frozen=True)
-class History:
-    """Items each user has already interacted with, as item rows (CSR by sorted user id)."""
-
-    user_ids: np.ndarray
-    indptr: np.ndarray
-    rows: np.ndarray
-
-    def seen(self, user_id: int) -> np.ndarray:
-        pos = int(np.searchsorted(self.user_ids, user_id))
-        if pos < len(self.user_ids) and self.user_ids[pos] == user_id:
-            return self.rows[self.indptr[pos] : self.indptr[pos + 1]]
-        return self.rows[:0]
+# The item snapshot and the popularity list are small and every replica needs them; these are optional.
+Part = Literal["index", "ranker", "history"]
+ALL_PARTS: frozenset[Part] = frozenset(("index", "ranker", "history"))
 
 
 @dataclass(frozen=True)
@@ -48,15 +38,33 @@ class Bundle:
     path: Path
     version: str
     manifest: dict[str, Any]
-    index: ItemIndex
-    ranker: xgb.Booster
     items: ItemSnapshot
     popular_rows: np.ndarray  # fallback order, best first
-    history: History
+    loaded_index: ItemIndex | None = None
+    loaded_ranker: xgb.Booster | None = None
+    loaded_history: History | None = None
 
     @property
     def embedding_dim(self) -> int:
         return int(self.manifest["embedding_dim"])
+
+    @property
+    def index(self) -> ItemIndex:
+        return _required(self.loaded_index, "index", self.version)
+
+    @property
+    def ranker(self) -> xgb.Booster:
+        return _required(self.loaded_ranker, "ranker", self.version)
+
+    @property
+    def history(self) -> History:
+        return _required(self.loaded_history, "history", self.version)
+
+
+def _required(part: Any, name: str, version: str) -> Any:
+    if part is None:  # a wiring mistake: this replica was not meant to serve that stage
+        raise BundleError(f"bundle {version} was loaded without its {name}")
+    return part
 
 
 def sha256(path: Path) -> str:
@@ -141,9 +149,34 @@ def _fail(path: Path, what: str) -> BundleError:
     return BundleError(f"bundle {path} refused: {what}")
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Load and verify a bundle; raise BundleError naming the first thing that is wrong."""
+def load_bundle(path: str | Path, parts: Collection[Part] = ALL_PARTS) -> Bundle:
+    """Load and verify a bundle with the optional `parts` a replica serves; raise BundleError naming
+    the first thing that is wrong."""
     path = Path(path).resolve()
+    manifest = _verified_manifest(path)
+    try:
+        index = (
+            ItemIndex(
+                faiss.read_index(str(path / "index.faiss")), manifest.get("index", {}).get("mips_max_norm")
+            )
+            if "index" in parts
+            else None
+        )
+        ranker = load_ranker(str(path / "ranker.ubj")) if "ranker" in parts else None
+        with np.load(path / "items.npz", allow_pickle=False) as npz:
+            items = ItemSnapshot(npz["item_ids"], {name: npz[name] for name in ITEM_FEATURES})
+        popular = np.load(path / "popular.npy", allow_pickle=False)
+        history = None
+        if "history" in parts:
+            with np.load(path / "history.npz", allow_pickle=False) as npz:
+                history = History(npz["user_ids"], npz["indptr"], npz["rows"])
+    except (RuntimeError, ValueError, KeyError, OSError, xgb.core.XGBoostError) as exc:
+        raise _fail(path, f"an artifact could not be read ({exc})") from exc
+    _check_consistent(path, manifest, index, ranker, items, popular, history)
+    return Bundle(path, str(manifest["version"]), manifest, items, popular, index, ranker, history)
+
+
+def _verified_manifest(path: Path) -> dict[str, Any]:
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         raise _fail(path, "manifest.json is missing")
@@ -169,35 +202,40 @@ def load_bundle(path: str | Path) -> Bundle:
             raise _fail(
                 path, f"{key} in manifest.json differ from serve_app/features.py: {_diff(theirs, ours)}"
             )
-    try:
-        index = ItemIndex(
-            faiss.read_index(str(path / "index.faiss")), manifest.get("index", {}).get("mips_max_norm")
-        )
-        ranker = load_ranker(str(path / "ranker.ubj"))
-        with np.load(path / "items.npz", allow_pickle=False) as npz:
-            items = ItemSnapshot(npz["item_ids"], {name: npz[name] for name in ITEM_FEATURES})
-        popular = np.load(path / "popular.npy", allow_pickle=False)
-        with np.load(path / "history.npz", allow_pickle=False) as npz:
-            history = History(npz["user_ids"], npz["indptr"], npz["rows"])
-    except (RuntimeError, ValueError, KeyError, OSError, xgb.core.XGBoostError) as exc:
-        raise _fail(path, f"an artifact could not be read ({exc})") from exc
-    try:
-        check_ranker_features(ranker)
-    except ValueError as exc:
-        raise _fail(path, str(exc)) from exc
-    dim = manifest.get("embedding_dim")
-    if index.d != dim:
-        raise _fail(path, f"index dimension is {index.d}, manifest embedding_dim is {dim}")
+    return manifest
+
+
+def _check_consistent(
+    path: Path,
+    manifest: dict[str, Any],
+    index: ItemIndex | None,
+    ranker: xgb.Booster | None,
+    items: ItemSnapshot,
+    popular: np.ndarray,
+    history: History | None,
+) -> None:
+    """The loaded parts agree with each other and with the manifest (parts not loaded are covered by
+    their checksums: they are the files the build verified)."""
+    if ranker is not None:
+        try:
+            check_ranker_features(ranker)
+        except ValueError as exc:
+            raise _fail(path, str(exc)) from exc
     n = len(items.item_ids)
-    if index.ntotal != n or manifest.get("n_items") != n:
-        raise _fail(
-            path, f"index holds {index.ntotal} items, item snapshot {n}, manifest {manifest.get('n_items')}"
-        )
+    if manifest.get("n_items") != n:
+        raise _fail(path, f"item snapshot holds {n} items, manifest {manifest.get('n_items')}")
+    if index is not None:
+        dim = manifest.get("embedding_dim")
+        if index.d != dim:
+            raise _fail(path, f"index dimension is {index.d}, manifest embedding_dim is {dim}")
+        if index.ntotal != n:
+            raise _fail(path, f"index holds {index.ntotal} items, item snapshot {n}")
     for name, col in items.columns.items():
         if col.shape != (n,):
             raise _fail(path, f"item feature {name} has {col.shape[0]} rows, expected {n}")
     if len(popular) == 0 or popular.min() < 0 or popular.max() >= n:
         raise _fail(path, "popular.npy is empty or points outside the item snapshot")
-    if len(history.indptr) != len(history.user_ids) + 1 or (len(history.rows) and history.rows.max() >= n):
+    if history is not None and (
+        len(history.indptr) != len(history.user_ids) + 1 or (len(history.rows) and history.rows.max() >= n)
+    ):
         raise _fail(path, "history.npz is inconsistent with the item snapshot")
-    return Bundle(path, str(manifest["version"]), manifest, index, ranker, items, popular, history)

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serve_app.errors import RecsysError
+from serve_app.errors import ConfigError, RecsysError
 
 DEFAULT_REPO = Path("feature_repo")
 DEFAULT_ARTIFACTS = Path("artifacts")
@@ -50,7 +50,13 @@ def cmd_synth(args: argparse.Namespace) -> None:
 def cmd_build(args: argparse.Namespace) -> None:
     from serve_app.config import BuildConfig
     from serve_app.offline.data import load_movielens
-    from serve_app.offline.pipeline import build
+
+    try:
+        from serve_app.offline.build import build
+    except ImportError as exc:  # the lean serving install has no training stack
+        raise ConfigError(
+            f"building needs the training stack ({exc.name} is missing): pip install 'recsys-serve[offline]'"
+        ) from exc
 
     cfg = (
         BuildConfig.model_validate(json.loads(Path(args.config).read_text()))

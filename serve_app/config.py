@@ -1,14 +1,77 @@
-"""Strict configuration models: unknown keys are errors, not silently ignored typos."""
+"""Strict configuration models: unknown keys are errors, not silently ignored typos.
+
+`ServingSettings` is the one place the serving defaults live: the app args, every deployment's
+`user_config`, the single-process baseline and the benchmark's floor all take them from here.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Relative paths are relative to RECSYS_HOME, or to this checkout when that is unset."""
+    p = Path(path)
+    return (p if p.is_absolute() else Path(os.environ.get("RECSYS_HOME", PROJECT_ROOT)) / p).resolve()
+
+
+class ServingSettings(Strict):
+    """What a serving replica may be told, at deploy (app args) or later (a deployment's user_config).
+
+    A `user_config` overrides only the keys it names: `with_overrides` lays it over the app args, so a
+    rollout that names just the bundle keeps the business rules, deadlines and batch sizes, and every
+    replica (old or newly started) computes the same settings from the same deploy.
+    """
+
+    bundle: str = Field("artifacts/current", description="bundle directory; `current` is resolved at deploy")
+    n_candidates: int = Field(200, ge=1, le=5_000, description="retrieval depth handed to the ranker")
+    request_timeout_s: float = Field(1.0, gt=0, le=60, description="deadline for the whole stage chain")
+    user_features_timeout_ms: float = Field(50, gt=0, le=10_000, description="online-store read deadline")
+    user_features_cache_ttl_s: float = Field(30, ge=0, description="how long a read is served from cache")
+    user_features_stale_s: float = Field(
+        3_600, ge=0, description="how old a cached read may be to stand in for a failed store"
+    )
+    blocked_item_ids: tuple[int, ...] = Field((), description="business rule: never recommend these")
+    max_batch_size: int = Field(16, ge=1, le=1_024, description="Retriever and Ranker @serve.batch size")
+    batch_wait_timeout_s: float = Field(0.001, ge=0, le=1, description="@serve.batch wait for a full batch")
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> ServingSettings:
+        """These settings with the keys `overrides` names replaced (validated; unknown keys are errors)."""
+        base = self.model_dump(include=set(ServingSettings.model_fields))
+        return ServingSettings.model_validate({**base, **(overrides or {})})
+
+    def bundle_path(self) -> Path:
+        return resolve_path(self.bundle)
+
+
+SERVING_DEFAULTS = ServingSettings()
+
+
+class AppArgs(ServingSettings):
+    """Arguments of the application (the `args:` block of serve_config.yaml). Unknown keys are errors."""
+
+    topology: Literal["graph", "colocated"] = Field(
+        "graph",
+        description="graph: Retriever and Ranker are their own autoscaled, batching deployments; colocated: "
+        "the ingress runs every stage in-process (fewer hops; scale it with Ingress replicas)",
+    )
+    feature_repo: str = Field(
+        "feature_repo", description="Feast repository (feature_store.yaml and registry)"
+    )
+    feature_store_yaml: str | None = Field(None, description="another feature_store.yaml, e.g. the Redis one")
+
+    def serving(self) -> ServingSettings:
+        return SERVING_DEFAULTS.with_overrides(self.model_dump(include=set(ServingSettings.model_fields)))
 
 
 class IndexConfig(Strict):

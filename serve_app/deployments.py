@@ -1,79 +1,50 @@
-"""Thin Serve wrappers around the pure stages. Artifacts arrive through user_config -> reconfigure().
+"""Thin Serve wrappers around the pure stages: UserFeatures, Retriever, Ranker.
 
-A bundle that fails its checks on reconfigure is refused: the replica keeps serving the bundle it has
-and reports the refusal (GET /version), so a bad rollout never takes the service down.
+Each deployment is constructed with the app's settings (its args) and gets its `user_config` through
+`reconfigure()`, laid over those settings (`ServingSettings.with_overrides`). Each loads only the parts
+of the bundle it serves; a bad bundle is refused and the replica keeps serving the one it has.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from ray import serve
 
-from serve_app.bundle import Bundle, load_bundle
-from serve_app.errors import BundleError
-from serve_app.stages import pipeline
-from serve_app.stages.pipeline import Scored
+from serve_app.bundle import Part
+from serve_app.config import SERVING_DEFAULTS, ServingSettings
+from serve_app.serving_state import ServingState
+from serve_app.stages.rank import rank_candidates
+from serve_app.stages.retrieve import retrieve_batch
+from serve_app.stages.scored import Scored
 from serve_app.stages.user_features import UserFeatureReader, UserFeatureResult, feast_fetcher
 
 log = logging.getLogger("ray.serve")
 
 
-class BundleHolder:
-    """The bundle a replica serves, swapped atomically on reconfigure; a bad one is refused."""
-
-    def __init__(self) -> None:
-        self.bundle: Bundle | None = None
-        self.path: str | None = None
-        self.refused: dict[str, str] | None = None
-
-    def load(self, path: str) -> bool:
-        """True when a new bundle was installed."""
-        if path == self.path and self.bundle is not None:
-            return False
-        try:
-            bundle = load_bundle(path)
-        except BundleError as exc:
-            self.refused = {"path": path, "error": str(exc)}
-            if self.bundle is None:
-                raise  # nothing to fall back to: fail the deploy with the reason
-            log.error("refusing bundle %s, still serving %s: %s", path, self.bundle.version, exc)
-            return False
-        self.bundle, self.path, self.refused = bundle, path, None
-        return True
-
-    def require(self) -> Bundle:
-        if self.bundle is None:
-            raise RuntimeError("no bundle loaded")
-        return self.bundle
-
-
-def open_reader(feature_repo: str, feature_store_yaml: str | None) -> UserFeatureReader:
+def open_reader(
+    feature_repo: str, feature_store_yaml: str | None, settings: ServingSettings
+) -> UserFeatureReader:
     fetch = feast_fetcher(feature_repo, feature_store_yaml)
     # The first read loads the registry and opens the store (~100s of ms): pay it before traffic.
     try:
         fetch(-1)
     except Exception as exc:  # a store down at start-up degrades requests; it must not block start-up
         log.warning("online store not reachable at start-up: %s", exc)
-    return UserFeatureReader(fetch)
-
-
-def configure_reader(reader: UserFeatureReader, config: dict[str, Any]) -> None:
-    reader.timeout_s = float(config.get("timeout_ms", 50)) / 1000
-    reader.ttl_s = float(config.get("cache_ttl_s", 30))
-    reader.stale_s = float(config.get("stale_s", 3_600))
+    return UserFeatureReader(fetch, settings)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class UserFeatures:
     """One FeatureStore per replica, a deadline on every read, a small TTL cache."""
 
-    def __init__(self, feature_repo: str, feature_store_yaml: str | None = None) -> None:
-        self.reader = open_reader(feature_repo, feature_store_yaml)
+    def __init__(self, settings: dict[str, Any], feature_repo: str, feature_store_yaml: str | None) -> None:
+        self.base = ServingSettings.model_validate(settings)
+        self.reader = open_reader(feature_repo, feature_store_yaml, self.base)
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        configure_reader(self.reader, config)
+    def reconfigure(self, config: dict[str, Any] | None) -> None:
+        self.reader.configure(self.base.with_overrides(config))
 
     async def get(self, user_id: int) -> UserFeatureResult:
         return await self.reader.aget(user_id)
@@ -81,59 +52,56 @@ class UserFeatures:
     async def ready(self) -> bool:
         return True
 
+
+class _BundleStage:
+    """A batched stage over the parts of the bundle it serves."""
+
+    parts: ClassVar[frozenset[Part]]
+    batched: ClassVar[str]  # the @serve.batch method whose batching the settings tune
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.state = ServingState(ServingSettings.model_validate(settings), self.parts)
+
+    def reconfigure(self, config: dict[str, Any] | None) -> None:
+        settings = self.state.reconfigure(config)
+        method = getattr(self, self.batched)
+        method.set_max_batch_size(settings.max_batch_size)
+        method.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
     def check_health(self) -> None:
-        if self.reader is None:
-            raise RuntimeError("user feature reader not initialised")
-
-
-class _BatchedStage:
-    holder: BundleHolder
-
-    def _configure_batching(self, method: Any, config: dict[str, Any]) -> None:
-        method.set_max_batch_size(int(config.get("max_batch_size", 16)))
-        method.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.001)))
-
-    def check_health(self) -> None:
-        self.holder.require()
+        self.state.current  # noqa: B018 -- raises until reconfigure has loaded a bundle
 
     def version(self) -> dict[str, Any]:
-        return {"version": self.holder.require().version, "refused": self.holder.refused}
+        return {"version": self.state.current.bundle.version, "refused": self.state.refused}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
-class Retriever(_BatchedStage):
+class Retriever(_BundleStage):
     """FAISS top-N over the bundle's index, minus seen, excluded and blocked items."""
 
-    def __init__(self) -> None:
-        self.holder = BundleHolder()
-        self.filters: list = []
-        self.blocked: tuple[int, ...] = ()
+    parts = frozenset(("index", "history"))
+    batched = "retrieve"
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        blocked = tuple(config.get("blocked_item_ids", ()))
-        if self.holder.load(config["bundle"]) or blocked != self.blocked:
-            self.filters, self.blocked = pipeline.filters_for(self.holder.require(), blocked), blocked
-        self._configure_batching(self.retrieve, config)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001)
+    @serve.batch(
+        max_batch_size=SERVING_DEFAULTS.max_batch_size,
+        batch_wait_timeout_s=SERVING_DEFAULTS.batch_wait_timeout_s,
+    )
     async def retrieve(
         self, features: list[UserFeatureResult], n: list[int], exclude: list[tuple[int, ...]]
     ) -> list[Scored]:
-        bundle = self.holder.require()
-        return pipeline.retrieve_batch(bundle, self.filters, list(zip(features, n, exclude, strict=True)))
+        return retrieve_batch(self.state.current, list(zip(features, n, exclude, strict=True)))
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
-class Ranker(_BatchedStage):
+class Ranker(_BundleStage):
     """XGBoost over candidates joined with the bundle's in-memory item snapshot."""
 
-    def __init__(self) -> None:
-        self.holder = BundleHolder()
+    parts = frozenset(("ranker",))
+    batched = "rank"
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        self.holder.load(config["bundle"])
-        self._configure_batching(self.rank, config)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001)
+    @serve.batch(
+        max_batch_size=SERVING_DEFAULTS.max_batch_size,
+        batch_wait_timeout_s=SERVING_DEFAULTS.batch_wait_timeout_s,
+    )
     async def rank(self, features: list[UserFeatureResult], candidates: list[Scored]) -> list[Scored]:
-        return pipeline.rank_candidates(self.holder.require(), list(zip(features, candidates, strict=True)))
+        return rank_candidates(self.state.current.bundle, list(zip(features, candidates, strict=True)))

@@ -1,20 +1,44 @@
-"""FastAPI plumbing: request ids, a body-size limit, and errors that say what to fix."""
+"""FastAPI plumbing: request ids, the body-size limit, and errors that say what to fix.
+
+`create_api` is the one way an HTTP front is made (the Serve ingress, the single-process baseline),
+so every front answers errors in the same JSON shape: `{"error", "message", "request_id"}`.
+"""
 
 from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serve_app.errors import RecsysError
 from serve_app.schemas import MAX_BODY_BYTES
 
-REQUEST_ID_HEADER = "x-request-id"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+TOO_LARGE = f"request body exceeds {MAX_BODY_BYTES} bytes; send a smaller JSON object"
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 503: "unavailable"}
+
+
+def create_api(*, echo_request_id: bool = True, **fastapi_kwargs: Any) -> FastAPI:
+    """A FastAPI app with Starlette's request-body limit, our error handlers and request ids.
+
+    Starlette counts the bytes actually received (a chunked body cannot get around it) and raises a
+    413 HTTPException that our handler answers in JSON. For a body whose declared Content-Length is
+    already too large it replaces any response with its own plain-text 413, so RequestIdMiddleware,
+    outside it, refuses those first, unread, in the one JSON error format clients parse.
+    Under Serve the proxy already echoes X-Request-ID (and passes one in when the client sent none),
+    so the ingress sets echo_request_id=False rather than send the header twice."""
+    api = FastAPI(**fastapi_kwargs)
+    install_error_handlers(api)
+    api.add_middleware(RequestBodyLimitMiddleware, max_body_size=MAX_BODY_BYTES)
+    api.add_middleware(RequestIdMiddleware, echo=echo_request_id)  # added last: the outer one
+    return api
 
 
 def request_id_of(scope: Scope) -> str:
@@ -27,18 +51,13 @@ def request_id_of(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-class RequestContextMiddleware:
-    """Pure ASGI: gives every request an id (the caller's X-Request-ID when sane) and refuses bodies
-    over MAX_BODY_BYTES with a JSON 413, counting the bytes actually received (so a chunked body
-    without Content-Length cannot get around it; a declared oversize body is refused unread).
+class RequestIdMiddleware:
+    """Pure ASGI (no per-request task, unlike BaseHTTPMiddleware): every request gets an id in
+    `request.state.request_id`, echoed in the X-Request-ID response header when `echo`; a body
+    declared larger than MAX_BODY_BYTES is refused here with a JSON 413, unread."""
 
-    Under Serve the proxy already echoes X-Request-ID (and passes one in when the client sent none),
-    so the ingress sets echo=False rather than send the header twice. (Starlette's own body limiter
-    answers in plain text, which would break the one error format clients parse.)
-    """
-
-    def __init__(self, app: ASGIApp, echo: bool = True, max_body_bytes: int = MAX_BODY_BYTES) -> None:
-        self.app, self.echo, self.max_body_bytes = app, echo, max_body_bytes
+    def __init__(self, app: ASGIApp, echo: bool = True) -> None:
+        self.app, self.echo = app, echo
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,56 +66,38 @@ class RequestContextMiddleware:
         rid = request_id_of(scope)
         scope.setdefault("state", {})["request_id"] = rid
         declared = dict(scope.get("headers", ())).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(send, rid)
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            response = JSONResponse(
+                {"error": "body_too_large", "message": TOO_LARGE, "request_id": rid},
+                status_code=413,
+                headers={"x-request-id": rid} if self.echo else None,
+            )
+            await response(scope, receive, send)
             return
-        received = 0
-        started = False
+        if not self.echo:
+            await self.app(scope, receive, send)
+            return
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLarge
-            return message
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
+        async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                started = True
-                if self.echo:
-                    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                    message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracked_send)
-        except BodyTooLarge:
-            if not started:
-                await self._too_large(send, rid)
-
-    async def _too_large(self, send: Send, rid: str) -> None:
-        response = JSONResponse(
-            {
-                "error": "body_too_large",
-                "request_id": rid,
-                "message": f"request body exceeds {self.max_body_bytes} bytes; send a smaller JSON object",
-            },
-            status_code=413,
-            headers={"x-request-id": rid} if self.echo else None,
-        )
-        await response({"type": "http"}, _empty_receive, send)
+        await self.app(scope, receive, send_with_id)
 
 
-class BodyTooLarge(BaseException):
-    """Raised from receive(); a BaseException so FastAPI's body parser (which turns any Exception into
-    a 400 "error parsing the body") lets it through to the middleware, which answers 413."""
-
-
-async def _empty_receive() -> Message:
-    return {"type": "http.disconnect"}
+def _error(
+    request: Request, code: str, message: str, status: int, details: list[dict] | None = None
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "error": code,
+        "message": message,
+        "request_id": getattr(request.state, "request_id", None),
+    }
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=status)
 
 
 def _describe(error: dict) -> str:
@@ -106,26 +107,23 @@ def _describe(error: dict) -> str:
     return f"{where}: {error.get('msg', 'invalid')}" + (f" (got {shown[:80]})" if shown else "")
 
 
-ERRORS = {
-    404: ("not_found", "no such route; see /openapi.json"),
-    405: ("method_not_allowed", ""),
-    503: ("overloaded", ""),
-}
-
-
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {503: "overloaded", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
-        return JSONResponse(
-            {
-                "error": code,
-                "message": str(exc.detail),
-                "request_id": getattr(request.state, "request_id", None),
-            },
-            status_code=exc.status_code,
-            headers=exc.headers,
-        )
+        message = str(exc.detail)
+        if exc.status_code == 413:
+            message = TOO_LARGE
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        response = _error(request, code, message, exc.status_code)
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(RecsysError)
+    async def recsys_error(request: Request, exc: RecsysError) -> JSONResponse:
+        response = _error(request, exc.code, str(exc), exc.http_status)
+        if exc.retry_after_s is not None:
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -138,12 +136,5 @@ def install_error_handlers(app: FastAPI) -> None:
             }
             for e in errors
         ]
-        return JSONResponse(
-            {
-                "error": "invalid_request",
-                "message": "; ".join(_describe(e) for e in errors),
-                "request_id": getattr(request.state, "request_id", None),
-                "details": details,
-            },
-            status_code=422,
-        )
+        message = "; ".join(_describe(e) for e in errors)
+        return _error(request, "invalid_request", message, 422, details=details)

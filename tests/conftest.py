@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -15,6 +16,30 @@ MOVIELENS = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("FEAST_DISABLE_USAGE", "1")
+
+
+def new_version_of(bundle_dir: Path, dest: Path, version: str) -> Path:
+    """A copy of a bundle under a new version (the manifest is not checksummed, its files are)."""
+    shutil.copytree(bundle_dir, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["version"] = version
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def wait_for_version(base_url: str, version: str, timeout_s: float) -> None:
+    """Poll GET /version until the ingress and every stage serve `version` (or the time is up)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = httpx.get(f"{base_url}/version", timeout=10).json()
+        if v["bundle_version"] == version and set(v["stages"].values()) == {version}:
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)  # let requests that were routed before the switch finish
 
 
 def copy_feature_repo(dest: Path) -> Path:
@@ -49,8 +74,8 @@ class Built:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """One real build (synthetic data, Feast on SQLite, ALS, FAISS, XGBoost) shared by the session."""
     from serve_app.config import BuildConfig
+    from serve_app.offline.build import build
     from serve_app.offline.data import load_movielens
-    from serve_app.offline.pipeline import build
     from serve_app.offline.synth import SynthSpec, generate, write_movielens
 
     base = tmp_path_factory.mktemp("built")

@@ -10,6 +10,8 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
+from serve_app.config import EmbeddingConfig
+
 
 @dataclass(frozen=True)
 class Embeddings:
@@ -31,13 +33,7 @@ class Embeddings:
 
 
 def train_als(
-    ratings: pd.DataFrame,
-    factors: int = 64,
-    iterations: int = 15,
-    regularization: float = 0.05,
-    alpha: float = 2.0,
-    seed: int = 0,
-    show_progress: bool = True,
+    ratings: pd.DataFrame, cfg: EmbeddingConfig, seed: int = 0, show_progress: bool = True
 ) -> Embeddings:
     user_ids, user_rows = np.unique(ratings["user_id"].to_numpy(), return_inverse=True)
     item_ids, item_rows = np.unique(ratings["item_id"].to_numpy(), return_inverse=True)
@@ -47,10 +43,10 @@ def train_als(
     # implicit runs its own threads; OpenBLAS threads on top of them only contend.
     with threadpool_limits(1, "blas"):
         model = AlternatingLeastSquares(
-            factors=factors,
-            iterations=iterations,
-            regularization=regularization,
-            alpha=alpha,
+            factors=cfg.factors,
+            iterations=cfg.iterations,
+            regularization=cfg.regularization,
+            alpha=cfg.alpha,
             random_state=seed,
             calculate_training_loss=False,
         )

@@ -7,8 +7,8 @@ import math
 import faiss
 import numpy as np
 
+from serve_app.artifacts import ItemIndex, augment_for_l2
 from serve_app.config import IndexConfig
-from serve_app.stages.retrieve import ItemIndex, augment_for_l2
 
 
 def resolve_kind(cfg: IndexConfig, n_items: int) -> str:

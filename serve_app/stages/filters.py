@@ -12,6 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
+from serve_app.artifacts import ItemSnapshot
+
 
 @dataclass(frozen=True)
 class FilterContext:
@@ -53,6 +55,12 @@ class BlockedItemsFilter:
 
     def removed(self, rows: np.ndarray, ctx: FilterContext) -> np.ndarray:
         return np.isin(rows, self.blocked_rows)
+
+
+def business_filters(items: ItemSnapshot, blocked_item_ids: Sequence[int]) -> tuple[Filter, ...]:
+    """Every request's filters: already seen, the request's exclusions, and the blocked items."""
+    blocked = items.rows_of(np.asarray(blocked_item_ids, dtype=np.int64))
+    return (SeenFilter(), RequestExcludeFilter(), BlockedItemsFilter(blocked))
 
 
 def apply_filters(

@@ -2,53 +2,59 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+import time
+from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import xgboost as xgb
 
-from serve_app.features import FEATURE_NAMES, ITEM_FEATURES, model_matrix
-from serve_app.stages.retrieve import Candidates
-
-
-@dataclass(frozen=True)
-class ItemSnapshot:
-    """Columnar item features; row i describes item_ids[i], the same rows the FAISS index uses."""
-
-    item_ids: np.ndarray  # int64
-    columns: Mapping[str, np.ndarray]  # ITEM_FEATURES -> float64 arrays, NaN where unknown
-
-    def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: self.columns[name][rows] for name in ITEM_FEATURES}
-
-
-def load_ranker(path: str) -> xgb.Booster:
-    booster = xgb.Booster()
-    booster.load_model(path)
-    # One thread: replicas scale out by process, and 200 rows do not amortise a thread pool.
-    booster.set_param({"nthread": 1})
-    return booster
+from serve_app.bundle import Bundle
+from serve_app.features import model_matrix
+from serve_app.stages.scored import EMPTY_SCORES, Scored
+from serve_app.stages.user_features import UserFeatureResult
 
 
 def score(booster: xgb.Booster, matrix: np.ndarray) -> np.ndarray:
     return np.asarray(booster.inplace_predict(matrix, validate_features=False), dtype=np.float32)
 
 
-def rank(
-    booster: xgb.Booster, user: Mapping[str, Any], items: ItemSnapshot, candidates: Candidates
-) -> Candidates:
-    """Candidates reordered by ranker score (descending; ties keep retrieval order)."""
-    if len(candidates) == 0:
-        return candidates
-    matrix = model_matrix(user, items.take(candidates.rows), candidates.scores)
-    scores = score(booster, matrix)
-    order = np.argsort(-scores, kind="stable")
-    return Candidates(candidates.rows[order], scores[order])
+def rank_batch(bundle: Bundle, requests: Sequence[tuple[UserFeatureResult, Scored]]) -> list[Scored]:
+    """Score every request's candidates with one XGBoost call on the stacked matrix."""
+    start = time.perf_counter()
+    matrices, spans = [], []
+    for features, cands in requests:
+        rows = bundle.items.rows_of(cands.item_ids)
+        if len(rows) != len(cands.item_ids):  # candidates from another bundle version: keep known ones
+            known = np.isin(cands.item_ids, bundle.items.item_ids)
+            cands = replace(cands, item_ids=cands.item_ids[known], scores=cands.scores[known])
+        matrices.append(model_matrix(features.values, bundle.items.take(rows), cands.scores))
+        spans.append(cands)
+    scores = score(bundle.ranker, np.vstack(matrices)) if matrices else EMPTY_SCORES
+    out, offset = [], 0
+    elapsed = (time.perf_counter() - start) * 1000
+    for cands, m in zip(spans, matrices, strict=True):
+        s = scores[offset : offset + len(m)]
+        offset += len(m)
+        order = np.argsort(-s, kind="stable")
+        out.append(
+            replace(
+                cands,
+                item_ids=cands.item_ids[order],
+                scores=s[order],
+                bundle_version=bundle.version,
+                timings_ms={**cands.timings_ms, "rank": elapsed},
+            )
+        )
+    return out
 
 
-def check_ranker_features(booster: xgb.Booster) -> None:
-    names = tuple(booster.feature_names or ())
-    if names != FEATURE_NAMES:
-        raise ValueError(f"ranker expects features {list(names)}, serving computes {list(FEATURE_NAMES)}")
+def rank_candidates(bundle: Bundle, requests: Sequence[tuple[UserFeatureResult, Scored]]) -> list[Scored]:
+    """rank_batch over the requests that have candidates. The rest (a retrieval fallback, nothing
+    left after filtering) are handed back as they came: the ranker was called with the retriever's
+    unawaited answer, so it is the first to see it."""
+    out = [c for _, c in requests]
+    todo = [i for i, (_, c) in enumerate(requests) if c.fallback is None and len(c.item_ids)]
+    for i, ranked in zip(todo, rank_batch(bundle, [requests[i] for i in todo]), strict=True):
+        out[i] = ranked
+    return out

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
+from serve_app.artifacts import ItemIndex
+from serve_app.stages import fallback
 from serve_app.stages.filters import Filter, FilterContext, apply_filters, exclusion_budget
+from serve_app.stages.scored import Scored
+from serve_app.stages.user_features import UserFeatureResult
+
+if TYPE_CHECKING:
+    from serve_app.serving_state import Served
 
 
 @dataclass(frozen=True)
@@ -23,62 +31,6 @@ class Candidates:
 
     def head(self, n: int) -> Candidates:
         return Candidates(self.rows[:n], self.scores[:n])
-
-
-@dataclass(frozen=True)
-class ItemIndex:
-    """A FAISS index over item factors, searched by inner product (positions = item rows).
-
-    IVF indexes hold the factors augmented with sqrt(M^2 - |x|^2), M the largest norm: the MIPS-to-L2
-    reduction, under which the nearest vector by L2 is the one with the largest inner product. ALS
-    item norms span orders of magnitude, and k-means on raw inner products then puts the items that
-    matter in few, far lists (on 1M synthetic items, recall@200 vs exact: 0.65 at nprobe 64 without
-    the reduction, 0.99 with it). Scores are exact inner products recomputed from the stored vectors.
-    """
-
-    index: faiss.Index
-    mips_max_norm: float | None = None  # set when the vectors are augmented for L2 search
-
-    def __post_init__(self) -> None:
-        if self.mips_max_norm is not None:
-            faiss.extract_index_ivf(self.index).make_direct_map()  # for reconstruct_batch
-
-    @property
-    def d(self) -> int:
-        return self.index.d - (1 if self.mips_max_norm is not None else 0)
-
-    @property
-    def ntotal(self) -> int:
-        return self.index.ntotal
-
-    @property
-    def metric_type(self) -> int:
-        return faiss.METRIC_INNER_PRODUCT
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of shape (len(queries), k); rows are -1 where there were fewer results."""
-        k = max(1, min(k, self.ntotal))
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        if self.mips_max_norm is None:
-            if isinstance(self.index, faiss.IndexHNSW):
-                # Per-call parameters, not attributes on the shared index, so searches cannot race.
-                params = faiss.SearchParametersHNSW(efSearch=max(self.index.hnsw.efSearch, k))
-                return self.index.search(q, k, params=params)
-            return self.index.search(q, k)
-        _, rows = self.index.search(np.hstack([q, np.zeros((len(q), 1), np.float32)]), k)
-        vectors = self.index.reconstruct_batch(np.maximum(rows, 0).ravel()).reshape(len(q), k, -1)
-        scores = np.einsum("qkd,qd->qk", vectors[:, :, : self.d], q)
-        scores[rows < 0] = -np.inf
-        order = np.argsort(-scores, axis=1, kind="stable")  # L2 round-off can swap near-ties
-        return np.take_along_axis(scores, order, 1).astype(np.float32), np.take_along_axis(rows, order, 1)
-
-
-def augment_for_l2(item_factors: np.ndarray) -> tuple[np.ndarray, float]:
-    """Item vectors with the extra coordinate of the MIPS-to-L2 reduction, and the norm M used."""
-    norms = np.linalg.norm(item_factors, axis=1)
-    m = float(norms.max()) if len(norms) else 0.0
-    extra = np.sqrt(np.maximum(m**2 - norms**2, 0.0))[:, None]
-    return np.ascontiguousarray(np.hstack([item_factors, extra]), dtype=np.float32), m
 
 
 def retrieve(
@@ -101,3 +53,42 @@ def retrieve(
         keep, report = apply_filters(filters, r, ctx)
         out.append((Candidates(r[keep][:n].astype(np.int64), s[keep][:n].astype(np.float32)), report))
     return out
+
+
+def retrieve_batch(
+    served: Served, requests: Sequence[tuple[UserFeatureResult, int, Sequence[int]]]
+) -> list[Scored]:
+    """One FAISS search for the whole batch; each request is (features, n, exclude_item_ids).
+
+    A user retrieval cannot serve gets an empty list with its fallback reason, for the ingress to settle.
+    """
+    start = time.perf_counter()
+    bundle = served.bundle
+    out: list[Scored | None] = [None] * len(requests)
+    todo = []
+    for i, (features, _, _) in enumerate(requests):
+        reason = fallback.for_features(features, bundle.embedding_dim)
+        if reason is not None:
+            out[i] = Scored.empty(
+                bundle.version, fallback=reason, degraded=features.degraded, reason=features.reason
+            )
+        else:
+            todo.append(i)
+    if todo:
+        queries = np.stack([requests[i][0].embedding for i in todo])
+        contexts = [served.context(requests[i][0].user_id, tuple(requests[i][2])) for i in todo]
+        n = max(requests[i][1] for i in todo)
+        results = retrieve(bundle.index, queries, n, served.filters, contexts)
+        for i, (cands, report) in zip(todo, results, strict=True):
+            c = cands.head(requests[i][1])
+            f = requests[i][0]
+            out[i] = Scored(
+                bundle.items.item_ids[c.rows],
+                c.scores,
+                bundle.version,
+                report,
+                degraded=f.degraded,
+                reason=f.reason,
+            )
+    elapsed = (time.perf_counter() - start) * 1000
+    return [replace(s, timings_ms={"retrieve": elapsed}) for s in out if s is not None]

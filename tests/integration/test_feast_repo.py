@@ -108,23 +108,24 @@ def test_online_user_features_are_the_newest_parquet_rows(
     assert all(online[name][-1] is None for name in names), "an unknown user has no features"
 
 
-def test_online_item_features_are_the_newest_parquet_rows(
+def test_serving_reads_the_user_online_feature_service_and_items_stay_offline(
     repo: tuple[Path, pd.DataFrame, pd.DataFrame],
 ) -> None:
-    path, _, items = repo
-    ids = list(range(10, 16))
-    online = (
-        FeatureStore(repo_path=str(path))
-        .get_online_features(
-            features=[f"item_features:{n}" for n in ITEM_FEATURES], entity_rows=[{"item_id": i} for i in ids]
-        )
-        .to_dict()
-    )
-    expected = newest(items, "item_id")
-    assert expected.loc[15, "event_timestamp"] == NEW_STAMP
-    for i, item in enumerate(ids):
-        for name in ITEM_FEATURES:
-            assert_same_value(online[name][i], expected.loc[item, name], f"item {item} {name}")
+    """Serving reads users through the `user_online_v1` FeatureService (what feast_fetcher uses); item
+    features are offline only: the Ranker holds them from the bundle, so materializing them is waste."""
+    from serve_app.stages.user_features import feast_fetcher
+
+    path, users, _ = repo
+    fetch = feast_fetcher(path)
+    expected = newest(users, "user_id")
+    for user in USER_IDS:
+        row = fetch(user)
+        assert row is not None
+        for name in (USER_EMBEDDING, *USER_FEATURES):
+            assert_same_value(row[name], expected.loc[user, name], f"user {user} {name}")
+    assert fetch(999) is None, "an unknown user has no features"
+    store = FeatureStore(repo_path=str(path))
+    assert store.get_feature_view("item_features").online is False
 
 
 def test_historical_features_are_point_in_time(repo: tuple[Path, pd.DataFrame, pd.DataFrame]) -> None:

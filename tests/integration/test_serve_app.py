@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import shutil
+import asyncio
 import socket
 import sqlite3
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from serve_app.bundle import load_bundle
+from serve_app.config import SERVING_DEFAULTS
 from serve_app.errors import BundleError
-from serve_app.stages.pipeline import Recommender
-from serve_app.stages.user_features import UserFeatureReader, feast_fetcher
+from serve_app.request_flow import in_process_flow
+from tests.conftest import new_version_of, wait_for_version
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -62,7 +61,10 @@ def known_users(built, n: int) -> list[int]:
 def test_known_user_gets_k_distinct_unseen_items_equal_to_in_process(served, built):
     client, _ = served
     bundle = load_bundle(built.bundle)
-    reference = Recommender(bundle, UserFeatureReader(feast_fetcher(built.repo), timeout_s=5.0, ttl_s=0))
+    settings = SERVING_DEFAULTS.with_overrides(
+        {"user_features_timeout_ms": 5_000, "user_features_cache_ttl_s": 0}
+    )
+    reference, _ = in_process_flow(built.bundle, built.repo, settings)
     for user_id in known_users(built, 5):
         response = client.post("/recommend", json={"user_id": user_id, "k": 10, "debug": True})
         assert response.status_code == 200, response.text
@@ -75,9 +77,9 @@ def test_known_user_gets_k_distinct_unseen_items_equal_to_in_process(served, bui
         assert scores == sorted(scores, reverse=True)
         assert body["fallback"] is None and body["degraded"] is False
         assert {"retrieve", "rank", "total"} <= set(body["timings_ms"])
-        expected = reference.recommend(user_id, 10)
-        assert ids == expected.item_ids.tolist()
-        np.testing.assert_allclose(scores, expected.scores, rtol=1e-5)
+        expected = asyncio.run(reference.run(user_id, 10, ()))
+        assert ids == expected.item_ids[:10].tolist()
+        np.testing.assert_allclose(scores, expected.scores[:10], rtol=1e-5)
 
 
 def test_exclusions_are_honoured(served, built):
@@ -179,20 +181,11 @@ def test_colocated_topology_answers_like_the_graph(served, built):
         serve.delete("colocated")
 
 
-def _new_version_of(bundle_dir: Path, dest: Path, version: str) -> Path:
-    """A copy of a bundle under a new version (the manifest is not checksummed, its files are)."""
-    shutil.copytree(bundle_dir, dest)
-    manifest = json.loads((dest / "manifest.json").read_text())
-    manifest["version"] = version
-    (dest / "manifest.json").write_text(json.dumps(manifest))
-    return dest
-
-
 def test_bad_bundle_is_refused_at_deploy_and_the_old_one_keeps_serving(served, built, tmp_path):
     from serve_app.app import AppArgs, build_app
 
     client, args = served
-    bad = _new_version_of(built.bundle, tmp_path / "bad", "bad-version")
+    bad = new_version_of(built.bundle, tmp_path / "bad", "bad-version")
     (bad / "ranker.ubj").write_bytes(b"not a model")
     with pytest.raises(BundleError, match=r"ranker\.ubj"):
         build_app(AppArgs(**{**args.model_dump(), "bundle": str(bad)}))
@@ -208,7 +201,7 @@ def test_redeploy_with_a_new_bundle_while_requests_flow(served, built, tmp_path)
     from serve_app.app import AppArgs, build_app
 
     client, args = served
-    new = _new_version_of(built.bundle, tmp_path / "next", "next-version")
+    new = new_version_of(built.bundle, tmp_path / "next", "next-version")
     users = known_users(built, 20)
     failures: list[str] = []
     statuses: list[int] = []
@@ -231,13 +224,7 @@ def test_redeploy_with_a_new_bundle_while_requests_flow(served, built, tmp_path)
         serve.run(
             build_app(AppArgs(**{**args.model_dump(), "bundle": str(new)})), name="recsys", route_prefix="/"
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            v = client.get("/version").json()
-            if v["bundle_version"] == "next-version" and set(v["stages"].values()) == {"next-version"}:
-                break
-            time.sleep(0.5)
-        time.sleep(1.0)
+        wait_for_version(str(client.base_url), "next-version", timeout_s=60)
     finally:
         stop.set()
         thread.join(timeout=30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -65,10 +66,16 @@ def test_serve_deploy_against_a_head_started_here(built, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # A business rule in the app args: never recommend user 1's top item.
+    blocked = top_item(built, user_id=1)
+    config = yaml.safe_load(CONFIG.read_text())
+    config["applications"][0]["args"]["blocked_item_ids"] = [blocked]
+    with_rule = tmp_path / "serve_config.rule.yaml"
+    with_rule.write_text(yaml.safe_dump(config))
     state_file = tmp_path / "cluster.json"
     state = local_cluster.start_head(state_file, env={"RECSYS_HOME": str(home)})
     try:
-        local_cluster.deploy(state, CONFIG, http_port=port)
+        local_cluster.deploy(state, with_rule, http_port=port)
         local_cluster.wait_healthy(f"http://127.0.0.1:{port}", state, timeout_s=240)
         response = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": 1, "k": 3}, timeout=30)
         assert response.status_code == 200 and len(response.json()["items"]) == 3
@@ -77,7 +84,8 @@ def test_serve_deploy_against_a_head_started_here(built, tmp_path):
             response.json()["bundle_version"]
             == json.loads((built.bundle / "manifest.json").read_text())["version"]
         )
-        assert_in_place_rollout(state, port, built, tmp_path)
+        assert blocked not in answer_ids(port, user_id=1)
+        assert_in_place_rollout(state, port, built, tmp_path, with_rule, blocked)
         assert_overload_is_refused_fast(state, port, tmp_path)
     finally:
         assert local_cluster.stop(state_file)
@@ -113,22 +121,35 @@ def assert_overload_is_refused_fast(state: dict, port: int, tmp_path) -> None:
     assert all(r.headers.get("retry-after") == "1" for r in refused)
 
 
-def assert_in_place_rollout(state: dict, port: int, built, tmp_path) -> None:
+def top_item(built, user_id: int) -> int:
+    from serve_app.config import SERVING_DEFAULTS
+    from serve_app.request_flow import in_process_flow
+
+    flow, reader = in_process_flow(built.bundle, built.repo, SERVING_DEFAULTS)
+    try:
+        return int(asyncio.run(flow.run(user_id, 1, ())).item_ids[0])
+    finally:
+        reader.close()
+
+
+def answer_ids(port: int, user_id: int) -> list[int]:
+    body = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": user_id, "k": 10}, timeout=30)
+    assert body.status_code == 200 and not body.json()["degraded"], body.text
+    return [i["item_id"] for i in body.json()["items"]]
+
+
+def assert_in_place_rollout(state: dict, port: int, built, tmp_path, deployed: Path, blocked: int) -> None:
     """The ops path for a new bundle: set it in the deployments' user_config and `serve deploy`. The
     app's code version is unchanged, so Serve calls reconfigure() on the running replicas; requests
-    flowing meanwhile all succeed, none degraded, and /version then shows the new bundle everywhere."""
-    import shutil
+    flowing meanwhile all succeed, none degraded, and /version then shows the new bundle everywhere.
+    The user_config names only the bundle: the business rule in the app args still holds."""
     import threading
-    import time
 
     from serve_app import local_cluster
+    from tests.conftest import new_version_of, wait_for_version
 
-    new = tmp_path / "next"
-    shutil.copytree(built.bundle, new)
-    manifest = json.loads((new / "manifest.json").read_text())
-    manifest["version"] = "next-version"
-    (new / "manifest.json").write_text(json.dumps(manifest))
-    config = yaml.safe_load(CONFIG.read_text())
+    new = new_version_of(built.bundle, tmp_path / "next", "next-version")
+    config = yaml.safe_load(deployed.read_text())
     for deployment in config["applications"][0]["deployments"]:
         if deployment["name"] in ("Ingress", "Retriever", "Ranker"):
             deployment["user_config"] = {"bundle": str(new)}
@@ -148,21 +169,19 @@ def assert_in_place_rollout(state: dict, port: int, built, tmp_path) -> None:
                 count += 1
                 if r.status_code != 200 or r.json()["degraded"]:
                     problems.append(f"{r.status_code} {r.text[:120]}")
+                elif count % 50 == 1 and blocked in [i["item_id"] for i in r.json()["items"]]:
+                    problems.append(f"blocked item {blocked} recommended to user 1")
 
     thread = threading.Thread(target=traffic)
     thread.start()
     try:
         local_cluster.deploy(state, rolled, http_port=port)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            v = httpx.get(f"{base}/version", timeout=10).json()
-            if v["bundle_version"] == "next-version" and set(v["stages"].values()) == {"next-version"}:
-                break
-            time.sleep(0.5)
-        time.sleep(1.0)
+        wait_for_version(base, "next-version", timeout_s=120)
     finally:
         stop.set()
         thread.join(timeout=30)
     assert count > 10 and not problems, problems[:3]
     v = httpx.get(f"{base}/version", timeout=10).json()
     assert v["bundle_version"] == "next-version" and set(v["stages"].values()) == {"next-version"}
+    # The new bundle is a copy of the old: without the rule, user 1's top item would be back.
+    assert blocked not in answer_ids(port, user_id=1)

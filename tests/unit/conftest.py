@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from serve_app.bundle import Bundle, History
+from serve_app.artifacts import History, ItemIndex, ItemSnapshot
+from serve_app.bundle import Bundle
+from serve_app.config import SERVING_DEFAULTS
 from serve_app.features import FEATURE_NAMES, ITEM_FEATURES
-from serve_app.stages.rank import ItemSnapshot
-from serve_app.stages.retrieve import ItemIndex
+from serve_app.serving_state import Served
+from serve_app.stages.filters import business_filters
 from serve_app.stages.user_features import UserFeatureResult
 
 DIM = 8
@@ -45,12 +47,18 @@ def make_bundle(version: str = "v-test", seed: int = 0) -> Bundle:
         Path("/nonexistent"),
         version,
         {"embedding_dim": DIM},
-        index,
-        ranker,
         ItemSnapshot(item_ids, columns),
         popular,
-        history,
+        loaded_index=index,
+        loaded_ranker=ranker,
+        loaded_history=history,
     )
+
+
+def served(bundle: Bundle, blocked: list[int] = (), filters: tuple | None = None) -> Served:
+    """What a replica would serve: the bundle with its business filters (or the `filters` given)."""
+    chosen = business_filters(bundle.items, blocked) if filters is None else filters
+    return Served(bundle, chosen, SERVING_DEFAULTS)
 
 
 def user(user_id: int = 1, seed: int = 1, **overrides) -> UserFeatureResult:
@@ -68,7 +76,6 @@ def user(user_id: int = 1, seed: int = 1, **overrides) -> UserFeatureResult:
         "embedding": rng.normal(size=DIM).astype(np.float32),
         "found": True,
         "source": "online",
-        "degraded": False,
         "reason": None,
     }
     fields.update(overrides)

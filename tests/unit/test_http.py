@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.testclient import TestClient
 
-from serve_app.http import RequestContextMiddleware, install_error_handlers
+from serve_app.errors import NotReady, Overloaded
+from serve_app.http import create_api
 from serve_app.schemas import MAX_BODY_BYTES, RecommendRequest
 
 
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    app = FastAPI()
-    install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware)
+    app = create_api()
 
     @app.post("/recommend")
     async def recommend(body: RecommendRequest, request: Request) -> dict:
+        if body.user_id == 503:
+            raise Overloaded("the retriever's queue is full")
+        if body.user_id == 504:
+            raise NotReady("ranker is not ready")
         return {"user_id": body.user_id, "request_id": request.state.request_id}
 
     return TestClient(app)
@@ -78,3 +81,10 @@ def test_request_id_is_honoured_or_generated(client):
 def test_unknown_route_is_json_404(client):
     response = client.get("/nope")
     assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+@pytest.mark.parametrize(("user_id", "code"), [(503, "overloaded"), (504, "not_ready")])
+def test_dependency_errors_are_503_with_retry_after_and_their_code(client, user_id, code):
+    response = client.post("/recommend", json={"user_id": user_id}, headers={"X-Request-ID": "r-1"})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["error"] == code and response.json()["request_id"] == "r-1"

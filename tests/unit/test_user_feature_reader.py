@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from serve_app.config import SERVING_DEFAULTS
 from serve_app.stages.user_features import UserFeatureReader
 
 ROW = {
@@ -38,17 +39,30 @@ class Store:
         return None if user_id < 0 else dict(ROW)
 
 
-@pytest.fixture(params=["sync", "async"])
-def read(request):
+@pytest.fixture
+def read():
     def call(reader: UserFeatureReader, user_id: int):
-        return reader.get(user_id) if request.param == "sync" else asyncio.run(reader.aget(user_id))
+        return asyncio.run(reader.aget(user_id))
 
     return call
 
 
+def reader_of(
+    store: Store, timeout_s: float, ttl_s: float = 30, stale_s: float = 3_600, **kw
+) -> UserFeatureReader:
+    settings = SERVING_DEFAULTS.with_overrides(
+        {
+            "user_features_timeout_ms": timeout_s * 1000,
+            "user_features_cache_ttl_s": ttl_s,
+            "user_features_stale_s": stale_s,
+        }
+    )
+    return UserFeatureReader(store, settings, **kw)
+
+
 def test_fresh_read_then_cache_hit(read):
     store = Store()
-    reader = UserFeatureReader(store, timeout_s=1.0, ttl_s=60)
+    reader = reader_of(store, timeout_s=1.0, ttl_s=60)
     first, second = read(reader, 7), read(reader, 7)
     assert (first.source, second.source) == ("online", "cache")
     assert store.calls == 1 and first.found and not first.degraded
@@ -57,14 +71,14 @@ def test_fresh_read_then_cache_hit(read):
 
 
 def test_unknown_user_is_found_false_not_degraded(read):
-    result = read(UserFeatureReader(Store(), timeout_s=1.0), -5)
+    result = read(reader_of(Store(), timeout_s=1.0), -5)
     assert not result.found and not result.degraded and result.source == "online"
 
 
 def test_timeout_without_cache_degrades_quickly(read):
     store = Store()
     store.mode = "hang"
-    reader = UserFeatureReader(store, timeout_s=0.05)
+    reader = reader_of(store, timeout_s=0.05)
     start = time.monotonic()
     result = read(reader, 7)
     assert time.monotonic() - start < 1.0
@@ -75,7 +89,7 @@ def test_timeout_without_cache_degrades_quickly(read):
 
 def test_failure_serves_stale_cache_and_says_so(read):
     store = Store()
-    reader = UserFeatureReader(store, timeout_s=1.0, ttl_s=0.0, stale_s=60)
+    reader = reader_of(store, timeout_s=1.0, ttl_s=0.0, stale_s=60)
     assert read(reader, 7).source == "online"
     store.mode = "fail"
     result = read(reader, 7)
@@ -84,7 +98,7 @@ def test_failure_serves_stale_cache_and_says_so(read):
 
 
 def test_cache_is_bounded():
-    reader = UserFeatureReader(Store(), timeout_s=1.0, max_entries=3)
+    reader = reader_of(Store(), timeout_s=1.0, max_entries=3)
     for user_id in range(10):
-        reader.get(user_id)
+        asyncio.run(reader.aget(user_id))
     assert len(reader._cache) == 3

@@ -20,6 +20,7 @@ import pandas as pd
 from feast import FeatureStore
 
 from serve_app import bundle as bundle_mod
+from serve_app.artifacts import History
 from serve_app.config import BuildConfig
 from serve_app.features import ITEM_FEATURES
 from serve_app.offline import feast_ops, feature_tables
@@ -47,8 +48,7 @@ class Timer:
 
 
 def _als(ratings: pd.DataFrame, cfg: BuildConfig, progress: bool) -> Embeddings:
-    e = cfg.embedding
-    return train_als(ratings, e.factors, e.iterations, e.regularization, e.alpha, cfg.seed, progress)
+    return train_als(ratings, cfg.embedding, cfg.seed, progress)
 
 
 def _default_snapshots(n_items: int) -> int:
@@ -139,11 +139,11 @@ def evaluate(
     }
 
 
-def _history(ratings: pd.DataFrame, emb: Embeddings) -> bundle_mod.History:
+def _history(ratings: pd.DataFrame, emb: Embeddings) -> History:
     ordered = ratings.sort_values(["user_id", "ts"], kind="stable")
     user_ids, counts = np.unique(ordered["user_id"].to_numpy(), return_counts=True)
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return bundle_mod.History(user_ids.astype(np.int64), indptr, emb.item_rows(ordered["item_id"].to_numpy()))
+    return History(user_ids.astype(np.int64), indptr, emb.item_rows(ordered["item_id"].to_numpy()))
 
 
 def build(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from serve_app.features import model_matrix
-from serve_app.stages import pipeline
+from serve_app.stages import fallback
 from serve_app.stages.filters import (
     BlockedItemsFilter,
     FilterContext,
@@ -13,8 +15,9 @@ from serve_app.stages.filters import (
     SeenFilter,
     apply_filters,
 )
-from serve_app.stages.rank import score
-from tests.unit.conftest import make_bundle, user
+from serve_app.stages.rank import rank_batch, score
+from serve_app.stages.retrieve import retrieve_batch
+from tests.unit.conftest import make_bundle, served, user
 
 
 def test_filters_report_what_each_removed_once():
@@ -29,10 +32,9 @@ def test_filters_report_what_each_removed_once():
 
 
 def test_retrieval_returns_n_unseen_unexcluded_candidates_best_first(tiny_bundle):
-    filters = pipeline.filters_for(tiny_bundle, blocked_item_ids=[1_010])
     features = user(user_id=1)
     exclude = tuple(int(i) for i in tiny_bundle.items.item_ids[5:25])
-    [got] = pipeline.retrieve_batch(tiny_bundle, filters, [(features, 50, exclude)])
+    [got] = retrieve_batch(served(tiny_bundle, blocked=[1_010]), [(features, 50, exclude)])
     assert len(got.item_ids) == 50 and len(set(got.item_ids.tolist())) == 50
     seen_ids = set(tiny_bundle.items.item_ids[tiny_bundle.history.seen(1)].tolist())
     assert not seen_ids & set(got.item_ids.tolist())
@@ -40,7 +42,7 @@ def test_retrieval_returns_n_unseen_unexcluded_candidates_best_first(tiny_bundle
     assert 1_010 not in got.item_ids
     assert np.all(np.diff(got.scores) <= 1e-6)
     # The scores are the inner products of the user's embedding with those items.
-    rows = pipeline.item_rows(tiny_bundle, got.item_ids)
+    rows = tiny_bundle.items.rows_of(got.item_ids)
     vectors = tiny_bundle.index.index.reconstruct_n(0, tiny_bundle.index.ntotal)[rows]
     np.testing.assert_allclose(got.scores, vectors @ features.embedding, rtol=1e-5)
 
@@ -48,11 +50,11 @@ def test_retrieval_returns_n_unseen_unexcluded_candidates_best_first(tiny_bundle
 def test_cold_start_reasons():
     bundle = make_bundle()
     unknown = user(found=False, values={}, embedding=None)
-    store_down = user(found=False, values={}, embedding=None, source="none", degraded=True, reason="timeout")
+    store_down = user(found=False, values={}, embedding=None, source="none", reason="timeout")
     no_embedding = user(embedding=None)
     wrong_dim = user(embedding=np.ones(3, np.float32))
-    results = pipeline.retrieve_batch(
-        bundle, [], [(f, 10, ()) for f in (unknown, store_down, no_embedding, wrong_dim)]
+    results = retrieve_batch(
+        served(bundle, filters=()), [(f, 10, ()) for f in (unknown, store_down, no_embedding, wrong_dim)]
     )
     assert [r.fallback for r in results] == [
         "unknown_user",
@@ -65,11 +67,11 @@ def test_cold_start_reasons():
 
 def test_ranking_orders_by_the_model_and_matches_a_direct_call(tiny_bundle):
     features = user()
-    [cands] = pipeline.retrieve_batch(tiny_bundle, [], [(features, 40, ())])
-    [ranked] = pipeline.rank_batch(tiny_bundle, [(features, cands)])
+    [cands] = retrieve_batch(served(tiny_bundle, filters=()), [(features, 40, ())])
+    [ranked] = rank_batch(tiny_bundle, [(features, cands)])
     assert sorted(ranked.item_ids.tolist()) == sorted(cands.item_ids.tolist())
     assert np.all(np.diff(ranked.scores) <= 0)
-    rows = pipeline.item_rows(tiny_bundle, cands.item_ids)
+    rows = tiny_bundle.items.rows_of(cands.item_ids)
     direct = score(
         tiny_bundle.ranker, model_matrix(features.values, tiny_bundle.items.take(rows), cands.scores)
     )
@@ -82,33 +84,30 @@ def test_batched_ranking_equals_one_at_a_time(tiny_bundle):
     requests = []
     for seed in range(5):
         f = user(user_id=10 + seed, seed=seed)
-        [c] = pipeline.retrieve_batch(tiny_bundle, [], [(f, 30, ())])
+        [c] = retrieve_batch(served(tiny_bundle, filters=()), [(f, 30, ())])
         requests.append((f, c))
-    together = pipeline.rank_batch(tiny_bundle, requests)
+    together = rank_batch(tiny_bundle, requests)
     for request, batched in zip(requests, together, strict=True):
-        [alone] = pipeline.rank_batch(tiny_bundle, [request])
+        [alone] = rank_batch(tiny_bundle, [request])
         np.testing.assert_array_equal(alone.item_ids, batched.item_ids)
         np.testing.assert_allclose(alone.scores, batched.scores, rtol=1e-6)
 
 
 def test_ranker_on_another_bundle_version_keeps_only_items_it_knows(tiny_bundle):
     features = user()
-    [cands] = pipeline.retrieve_batch(tiny_bundle, [], [(features, 20, ())])
-    foreign = pipeline.replace(
+    [cands] = retrieve_batch(served(tiny_bundle, filters=()), [(features, 20, ())])
+    foreign = replace(
         cands,
         item_ids=np.concatenate([cands.item_ids, [999_999]]),
         scores=np.concatenate([cands.scores, [0.1]]).astype(np.float32),
     )
-    [ranked] = pipeline.rank_batch(tiny_bundle, [(features, foreign)])
+    [ranked] = rank_batch(tiny_bundle, [(features, foreign)])
     assert 999_999 not in ranked.item_ids and len(ranked.item_ids) == 20
 
 
 def test_popularity_fallback_applies_the_same_filters(tiny_bundle):
-    filters = pipeline.filters_for(tiny_bundle, blocked_item_ids=[])
     top = tiny_bundle.items.item_ids[tiny_bundle.popular_rows[:3]]
-    got = pipeline.popular(
-        tiny_bundle, filters, user_id=77, k=10, exclude_item_ids=[int(top[0])], reason="unknown_user"
-    )
+    got = fallback.popular(served(tiny_bundle), 77, 10, (int(top[0]),), "unknown_user")
     assert got.fallback == "unknown_user" and len(got.item_ids) == 10
     assert int(top[0]) not in got.item_ids and got.item_ids[0] == top[1]
     assert got.filtered["request_exclude"] == 1

@@ -1,0 +1,99 @@
+"""The one place that decides fallbacks and degraded reasons, and the popularity fallback itself.
+
+A fallback names why the normal path (retrieve -> rank) could not produce the answer; `degraded` says
+the answer was built from partial information. Reasons, and who decides each:
+- `unknown_user`, `missing_embedding`, `user_features_unavailable`: the user's features (`for_features`);
+- `retriever_unavailable`, `ranker_unavailable`: a stage failed or missed the deadline (`after_*`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from serve_app.stages.filters import apply_filters
+from serve_app.stages.scored import Scored
+
+if TYPE_CHECKING:
+    from serve_app.serving_state import Served
+    from serve_app.stages.user_features import UserFeatureResult
+
+UNKNOWN_USER = "unknown_user"
+MISSING_EMBEDDING = "missing_embedding"
+USER_FEATURES_UNAVAILABLE = "user_features_unavailable"
+RETRIEVER_UNAVAILABLE = "retriever_unavailable"
+RANKER_UNAVAILABLE = "ranker_unavailable"
+REASONS = (
+    UNKNOWN_USER,
+    MISSING_EMBEDDING,
+    USER_FEATURES_UNAVAILABLE,
+    RETRIEVER_UNAVAILABLE,
+    RANKER_UNAVAILABLE,
+)
+
+
+def for_features(features: UserFeatureResult, dim: int) -> str | None:
+    """Why this user cannot be served by retrieval, or None when they can."""
+    if not features.found:
+        return USER_FEATURES_UNAVAILABLE if features.source == "none" else UNKNOWN_USER
+    embedding = features.embedding
+    if embedding is None or embedding.shape != (dim,) or not np.isfinite(embedding).all():
+        return MISSING_EMBEDDING
+    return None
+
+
+def store_failure(error: BaseException, timeout_s: float) -> str:
+    """The degraded reason for an online-store read that failed or missed its deadline."""
+    if isinstance(error, FutureTimeout | asyncio.TimeoutError):
+        return f"online store did not answer within {timeout_s * 1000:.0f} ms"
+    return f"online store failed: {type(error).__name__}: {error}"[:300]
+
+
+def stage_failure(error: BaseException, deadline_s: float) -> str:
+    """The degraded reason for a stage call that failed or missed the request deadline."""
+    if isinstance(error, TimeoutError):
+        return f"stages missed the {deadline_s}s deadline"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}"[:300]
+
+
+def after_retriever_failure(bundle_version: str, reason: str) -> Scored:
+    """No candidates: the popularity list will stand in (see `settle`)."""
+    return Scored.empty(bundle_version, fallback=RETRIEVER_UNAVAILABLE, degraded=True, reason=reason)
+
+
+def after_ranker_failure(retrieved: Scored, reason: str) -> Scored:
+    """Candidates in retrieval order; a retrieval result that was already a fallback stays one."""
+    if retrieved.fallback is not None:
+        return retrieved
+    return replace(retrieved, fallback=RANKER_UNAVAILABLE, degraded=True, reason=reason)
+
+
+def popular(served: Served, user_id: int, k: int, exclude_item_ids: tuple[int, ...], reason: str) -> Scored:
+    """The popularity fallback, with the same filters as the normal path."""
+    start = time.perf_counter()
+    bundle = served.bundle
+    rows = bundle.popular_rows
+    keep, report = apply_filters(served.filters, rows, served.context(user_id, exclude_item_ids))
+    rows = rows[keep][:k]
+    scores = bundle.items.columns["item_popularity_recent"][rows].astype(np.float32)
+    elapsed = (time.perf_counter() - start) * 1000
+    return Scored(bundle.items.item_ids[rows], scores, bundle.version, report, reason, {"fallback": elapsed})
+
+
+def settle(result: Scored, served: Served, user_id: int, k: int, exclude_item_ids: tuple[int, ...]) -> Scored:
+    """A result without items because of a fallback becomes the popularity list, keeping why."""
+    if len(result.item_ids) or result.fallback is None:
+        return result
+    pop = popular(served, user_id, k, exclude_item_ids, result.fallback)
+    return replace(
+        pop,
+        degraded=result.degraded,
+        reason=result.reason,
+        timings_ms={**result.timings_ms, **pop.timings_ms},
+    )

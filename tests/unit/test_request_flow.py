@@ -1,0 +1,126 @@
+"""The request flow's degradation rules, with stages that succeed, fail or stall (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serve_app.errors import Overloaded
+from serve_app.request_flow import RecommendFlow, Stages, local_stages
+from serve_app.serving_state import Served
+from serve_app.stages.rank import rank_batch, rank_candidates
+from serve_app.stages.retrieve import retrieve_batch
+from serve_app.stages.user_features import UserFeatureReader
+from tests.unit.conftest import served, user
+
+
+class Held:
+    """A ServingState already holding `current` (the flow only reads it)."""
+
+    def __init__(self, current: Served) -> None:
+        self.current = current
+
+
+def stages(bundle, features, *, retrieve_fails=None, rank_fails=None, rank_stalls=False) -> RecommendFlow:
+    """Stage callables shaped like handle.method.remote: they take unawaited upstream results."""
+    state = Held(served(bundle))
+
+    def user_features(user_id):
+        return asyncio.ensure_future(_value(features))
+
+    def retrieve(features_response, n, exclude):
+        async def run():
+            f = await features_response
+            if retrieve_fails:
+                raise retrieve_fails
+            return retrieve_batch(state.current, [(f, n, exclude)])[0]
+
+        return asyncio.ensure_future(run())
+
+    def rank(features_response, candidates_response):
+        async def run():
+            f, c = await features_response, await candidates_response
+            if rank_stalls:
+                await asyncio.sleep(10)
+            if rank_fails:
+                raise rank_fails
+            return rank_candidates(bundle, [(f, c)])[0]
+
+        return asyncio.ensure_future(run())
+
+    return RecommendFlow(Stages(user_features, retrieve, rank), state)
+
+
+async def _value(v):
+    return v
+
+
+def run(flow, user_id=1, k=5, deadline_s=1.0):
+    current = flow.state.current
+    settings = current.settings.with_overrides({"request_timeout_s": deadline_s, "n_candidates": 50})
+    flow.state.current = Served(current.bundle, current.filters, settings)
+    return asyncio.run(flow.run(user_id, k, ()))
+
+
+def test_healthy_path_is_ranked_and_not_degraded(tiny_bundle):
+    result = run(stages(tiny_bundle, user()))
+    assert result.fallback is None and not result.degraded and "rank" in result.timings_ms
+
+
+def test_ranker_failure_answers_in_retrieval_order_degraded(tiny_bundle):
+    result = run(stages(tiny_bundle, user(), rank_fails=RuntimeError("ranker replica died")))
+    assert result.fallback == "ranker_unavailable" and result.degraded
+    assert "ranker replica died" in result.reason
+    assert list(result.scores) == sorted(result.scores, reverse=True) and len(result.item_ids) == 50
+
+
+def test_ranker_stall_past_deadline_answers_in_retrieval_order(tiny_bundle):
+    result = run(stages(tiny_bundle, user(), rank_stalls=True), deadline_s=0.2)
+    assert result.fallback == "ranker_unavailable" and result.degraded and "deadline" in result.reason
+
+
+def test_retriever_failure_answers_by_popularity_degraded(tiny_bundle):
+    result = run(stages(tiny_bundle, user(), retrieve_fails=RuntimeError("index gone")))
+    assert result.fallback == "retriever_unavailable" and result.degraded and len(result.item_ids) == 5
+
+
+def test_unknown_user_gets_popularity_not_degraded(tiny_bundle):
+    result = run(stages(tiny_bundle, user(found=False, values={}, embedding=None)), user_id=555)
+    assert result.fallback == "unknown_user" and not result.degraded
+    top = tiny_bundle.items.item_ids[tiny_bundle.popular_rows[:5]]
+    assert result.item_ids.tolist() == top.tolist()
+
+
+def test_overload_is_a_refusal_not_degradation(tiny_bundle):
+    flow = stages(tiny_bundle, user(), rank_fails=Overloaded("queue full"))
+    with pytest.raises(Overloaded):
+        run(flow)
+
+
+def test_an_injected_overload_test_recognises_the_hosts_backpressure(tiny_bundle):
+    class QueueFull(Exception):
+        """Stands for Serve's BackPressureError, which the Serve wrapper recognises (app.py)."""
+
+    flow = stages(tiny_bundle, user(), rank_fails=QueueFull("queue full"))
+    flow.is_overload = lambda exc: isinstance(exc, QueueFull)
+    with pytest.raises(Overloaded, match="queue full"):
+        run(flow)
+
+
+def test_local_stages_compute_what_the_stage_functions_compute(tiny_bundle):
+    features = user(user_id=1)
+    row = {"user_embedding": features.embedding.tolist(), **features.values}
+    reader = UserFeatureReader(lambda user_id: dict(row) if user_id == 1 else None)
+    state = Held(served(tiny_bundle))
+    flow = RecommendFlow(local_stages(state, reader), state)
+    for user_id in (1, 404):
+        got = run(flow, user_id=user_id, k=10)
+        f = asyncio.run(reader.aget(user_id))
+        [cands] = retrieve_batch(state.current, [(f, 50, ())])
+        if cands.fallback is None:
+            [want] = rank_batch(tiny_bundle, [(f, cands)])
+            assert got.item_ids.tolist() == want.item_ids.tolist() and got.fallback is None
+        else:
+            assert got.fallback == cands.fallback == "unknown_user"
+            assert got.item_ids.tolist() == tiny_bundle.items.item_ids[tiny_bundle.popular_rows[:10]].tolist()
