@@ -11,7 +11,7 @@ import pytest
 from feast import FeatureStore
 
 from serve_app.bundle import Bundle, load_bundle
-from serve_app.features import FEATURE_NAMES, ITEM_FEATURES, USER_EMBEDDING, USER_FEATURES, model_matrix
+from serve_app.features import FEATURE_NAMES, USER_EMBEDDING, USER_FEATURES, model_matrix
 from serve_app.offline import feast_ops
 from serve_app.offline.training import matrix_from_frame
 from serve_app.stages.filters import FilterContext, SeenFilter
@@ -84,17 +84,6 @@ def test_training_and_serving_paths_give_identical_matrices(
         np.testing.assert_array_equal(serving, training, err_msg=f"user {user_id}")
         # The matrices carry information: a user with history has a known category share somewhere.
         assert np.isfinite(serving[:, FEATURE_NAMES.index("user_item_category_share")]).any()
-
-
-def test_online_item_features_equal_the_bundle_snapshot(store: FeatureStore, bundle: Bundle) -> None:
-    ids = bundle.items.item_ids
-    online = store.get_online_features(
-        features=[f"item_features:{n}" for n in ITEM_FEATURES], entity_rows=[{"item_id": int(i)} for i in ids]
-    ).to_dict()
-    np.testing.assert_array_equal(np.asarray(online["item_id"]), ids)
-    for name in ITEM_FEATURES:
-        values = np.array([np.nan if v is None else v for v in online[name]], dtype=np.float64)
-        np.testing.assert_array_equal(values, bundle.items.columns[name], err_msg=name)
 
 
 def test_historical_item_features_after_the_build_equal_the_bundle_snapshot(
