@@ -48,10 +48,6 @@ class ServingState:
             raise RuntimeError("no bundle loaded yet (the deployment's reconfigure has not run)")
         return self._served
 
-    @property
-    def loaded(self) -> bool:
-        return self._served is not None
-
     def reconfigure(self, user_config: dict[str, Any] | None) -> ServingSettings:
         """Apply the app args with `user_config` laid over them; refuse what fails its checks."""
         try:

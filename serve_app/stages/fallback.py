@@ -28,13 +28,6 @@ MISSING_EMBEDDING = "missing_embedding"
 USER_FEATURES_UNAVAILABLE = "user_features_unavailable"
 RETRIEVER_UNAVAILABLE = "retriever_unavailable"
 RANKER_UNAVAILABLE = "ranker_unavailable"
-REASONS = (
-    UNKNOWN_USER,
-    MISSING_EMBEDDING,
-    USER_FEATURES_UNAVAILABLE,
-    RETRIEVER_UNAVAILABLE,
-    RANKER_UNAVAILABLE,
-)
 
 
 def for_features(features: UserFeatureResult, dim: int) -> str | None:
