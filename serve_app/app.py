@@ -162,8 +162,9 @@ def build_app(args: AppArgs) -> serve.Application:
     `reconfigure` once at start (it loads the bundle there); a `user_config` in serve_config.yaml
     replaces that `{}` and overrides only the keys it names.
     """
-    bundle = load_bundle(args.serving().bundle_path())
-    settings = args.serving().model_copy(update={"bundle": str(bundle.path)}).model_dump(mode="json")
+    serving = args.serving()
+    bundle = load_bundle(serving.bundle_path())
+    settings = serving.model_copy(update={"bundle": str(bundle.path)}).model_dump(mode="json")
     ingress = Ingress.options(user_config={})
     repo = str(resolve_path(args.feature_repo))
     yaml = str(resolve_path(args.feature_store_yaml)) if args.feature_store_yaml else None

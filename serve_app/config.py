@@ -71,7 +71,7 @@ class AppArgs(ServingSettings):
     feature_store_yaml: str | None = Field(None, description="another feature_store.yaml, e.g. the Redis one")
 
     def serving(self) -> ServingSettings:
-        return SERVING_DEFAULTS.with_overrides(self.model_dump(include=set(ServingSettings.model_fields)))
+        return ServingSettings.model_validate(self.model_dump(include=set(ServingSettings.model_fields)))
 
 
 class IndexConfig(Strict):

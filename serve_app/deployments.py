@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
 from ray import serve
 
 from serve_app.bundle import Part
@@ -42,9 +43,20 @@ class UserFeatures:
     def __init__(self, settings: dict[str, Any], feature_repo: str, feature_store_yaml: str | None) -> None:
         self.base = ServingSettings.model_validate(settings)
         self.reader = open_reader(feature_repo, feature_store_yaml, self.base)
+        self.configured = False
 
     def reconfigure(self, config: dict[str, Any] | None) -> None:
-        self.reader.configure(self.base.with_overrides(config))
+        """Like the bundle stages: a bad user_config fails the first deploy, and is refused (logged,
+        the current settings kept) on a replica that is already serving."""
+        try:
+            settings = self.base.with_overrides(config)
+        except ValidationError:
+            if not self.configured:
+                raise
+            log.exception("refusing user_config %s, keeping the current settings", config)
+            return
+        self.reader.configure(settings)
+        self.configured = True
 
     async def get(self, user_id: int) -> UserFeatureResult:
         return await self.reader.aget(user_id)
