@@ -8,7 +8,7 @@ correct for training and `feast materialize-incremental` loads the newest values
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Array, Float32, Int64
+from feast.types import Array, Float32, Int64, String
 
 user = Entity(
     name="user", join_keys=["user_id"], value_type=ValueType.INT64, description="A person we recommend to"
@@ -26,7 +26,8 @@ item_source = FileSource(
     timestamp_field="event_timestamp",
 )
 
-# Fresh user features (a new embedding after a session, updated counts) are pushed here in real time:
+# Fresh user features (a new embedding after a session, with its model id; updated counts) are pushed
+# here in real time:
 #   store.push("user_push", df, to=PushMode.ONLINE)
 user_push = PushSource(name="user_push", batch_source=user_source)
 
@@ -37,6 +38,12 @@ user_features = FeatureView(
     ttl=timedelta(0),
     schema=[
         Field(name="user_embedding", dtype=Array(Float32), description="Implicit-ALS user factors"),
+        Field(
+            name="user_embedding_model",
+            dtype=String,
+            description="Id of the ALS model user_embedding belongs to; retrieval pairs it only with the "
+            "item vectors of that model (a bundle's manifest names its model)",
+        ),
         Field(name="user_n_interactions", dtype=Int64),
         Field(name="user_days_since_last", dtype=Float32),
         Field(name="user_avg_rating", dtype=Float32),
@@ -58,10 +65,10 @@ item_features = FeatureView(
     schema=[
         Field(name="item_popularity", dtype=Int64),
         Field(name="item_popularity_recent", dtype=Int64, description="Interactions in the last 30 days"),
+        Field(name="item_popularity_year", dtype=Int64, description="Interactions in the last 365 days"),
         Field(name="item_age_days", dtype=Float32, description="Days since the first interaction"),
         Field(name="item_days_since_last", dtype=Float32),
         Field(name="item_avg_rating", dtype=Float32),
-        Field(name="item_emb_norm", dtype=Float32, description="Norm of the ALS item factors"),
         Field(name="item_category", dtype=Int64, description="Code of the first genre, -1 when none"),
     ],
     # Offline only: training reads it point-in-time; serving holds the bundle's snapshot in memory

@@ -1,7 +1,8 @@
 """The artifact types a bundle is made of, below both the stages and the bundle loader.
 
-An `ItemIndex` (FAISS), an `ItemSnapshot` (columnar item features), a `History` (what each user has
-seen) and the XGBoost ranker. Rows are positions in the bundle's sorted item ids, the same in all four.
+An `ItemIndex` (FAISS), the `UserVectors` of the same model, an `ItemSnapshot` (columnar item
+features), a `History` (what each user has seen) and the XGBoost ranker. Item rows are positions in
+the bundle's sorted item ids, the same in all of them.
 """
 
 from __future__ import annotations
@@ -91,6 +92,25 @@ class ItemSnapshot:
             return EMPTY_ROWS
         pos = np.searchsorted(ids, item_ids).clip(0, len(ids) - 1)
         return pos[ids[pos] == item_ids]
+
+
+@dataclass(frozen=True)
+class UserVectors:
+    """The user factors of the model the bundle's index was built from (rows by sorted user id).
+
+    Retrieval pairs a user vector only with item vectors of the same model; these are the bundle's own,
+    so a bundle served again after a newer build still queries its index with its own model's vectors.
+    """
+
+    model_id: str
+    user_ids: np.ndarray  # int64, sorted
+    factors: np.ndarray  # float32 (n_users, dim)
+
+    def get(self, user_id: int) -> np.ndarray | None:
+        pos = int(np.searchsorted(self.user_ids, user_id))
+        if pos < len(self.user_ids) and self.user_ids[pos] == user_id:
+            return self.factors[pos]
+        return None
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,22 @@ import faiss
 import numpy as np
 import xgboost as xgb
 
-from serve_app.artifacts import History, ItemIndex, ItemSnapshot, check_ranker_features, load_ranker
+from serve_app.artifacts import (
+    History,
+    ItemIndex,
+    ItemSnapshot,
+    UserVectors,
+    check_ranker_features,
+    load_ranker,
+)
 from serve_app.errors import BundleError
 from serve_app.features import FEATURE_NAMES, ITEM_FEATURES, USER_FEATURES
 
-FORMAT = 1
-FILES = ("index.faiss", "ranker.ubj", "items.npz", "popular.npy", "history.npz")
+# 2: the bundle carries its model's user factors and names the model (`manifest["model"]["id"]`).
+FORMAT = 2
+FILES = ("index.faiss", "user_factors.npz", "ranker.ubj", "items.npz", "popular.npy", "history.npz")
 # The item snapshot and the popularity list are small and every replica needs them; these are optional.
+# "index" is the retrieval model: the FAISS index and the user factors of the same model.
 Part = Literal["index", "ranker", "history"]
 ALL_PARTS: frozenset[Part] = frozenset(("index", "ranker", "history"))
 
@@ -41,6 +50,7 @@ class Bundle:
     items: ItemSnapshot
     popular_rows: np.ndarray  # fallback order, best first
     loaded_index: ItemIndex | None = None
+    loaded_users: UserVectors | None = None
     loaded_ranker: xgb.Booster | None = None
     loaded_history: History | None = None
 
@@ -49,8 +59,17 @@ class Bundle:
         return int(self.manifest["embedding_dim"])
 
     @property
+    def model_id(self) -> str:
+        """The model that produced the index's item vectors (and `users`)."""
+        return str(self.manifest["model"]["id"])
+
+    @property
     def index(self) -> ItemIndex:
         return _required(self.loaded_index, "index", self.version)
+
+    @property
+    def users(self) -> UserVectors:
+        return _required(self.loaded_users, "user factors", self.version)
 
     @property
     def ranker(self) -> xgb.Booster:
@@ -79,6 +98,7 @@ def write_bundle(
     staging: Path,
     *,
     index: ItemIndex,
+    users: UserVectors,
     ranker: xgb.Booster,
     item_ids: np.ndarray,
     item_columns: dict[str, np.ndarray],
@@ -89,6 +109,11 @@ def write_bundle(
     """Write every file and the manifest (with checksums) into an empty staging directory."""
     staging.mkdir(parents=True, exist_ok=False)
     faiss.write_index(index.index, str(staging / "index.faiss"))
+    np.savez(
+        staging / "user_factors.npz",
+        user_ids=users.user_ids.astype(np.int64),
+        factors=users.factors.astype(np.float32),
+    )
     ranker.save_model(str(staging / "ranker.ubj"))
     np.savez(
         staging / "items.npz",
@@ -102,6 +127,7 @@ def write_bundle(
     }
     full = {
         **manifest,
+        "model": {**manifest.get("model", {}), "id": users.model_id},
         "format": FORMAT,
         "feature_names": list(FEATURE_NAMES),
         "user_feature_names": list(USER_FEATURES),
@@ -155,13 +181,13 @@ def load_bundle(path: str | Path, parts: Collection[Part] = ALL_PARTS) -> Bundle
     path = Path(path).resolve()
     manifest = _verified_manifest(path)
     try:
-        index = (
-            ItemIndex(
+        index, users = None, None
+        if "index" in parts:
+            index = ItemIndex(
                 faiss.read_index(str(path / "index.faiss")), manifest.get("index", {}).get("mips_max_norm")
             )
-            if "index" in parts
-            else None
-        )
+            with np.load(path / "user_factors.npz", allow_pickle=False) as npz:
+                users = UserVectors(str(manifest["model"]["id"]), npz["user_ids"], npz["factors"])
         ranker = load_ranker(str(path / "ranker.ubj")) if "ranker" in parts else None
         with np.load(path / "items.npz", allow_pickle=False) as npz:
             items = ItemSnapshot(npz["item_ids"], {name: npz[name] for name in ITEM_FEATURES})
@@ -172,8 +198,8 @@ def load_bundle(path: str | Path, parts: Collection[Part] = ALL_PARTS) -> Bundle
                 history = History(npz["user_ids"], npz["indptr"], npz["rows"])
     except (RuntimeError, ValueError, KeyError, OSError, xgb.core.XGBoostError) as exc:
         raise _fail(path, f"an artifact could not be read ({exc})") from exc
-    _check_consistent(path, manifest, index, ranker, items, popular, history)
-    return Bundle(path, str(manifest["version"]), manifest, items, popular, index, ranker, history)
+    _check_consistent(path, manifest, index, users, ranker, items, popular, history)
+    return Bundle(path, str(manifest["version"]), manifest, items, popular, index, users, ranker, history)
 
 
 def _verified_manifest(path: Path) -> dict[str, Any]:
@@ -185,7 +211,13 @@ def _verified_manifest(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise _fail(path, f"manifest.json is not valid JSON ({exc})") from exc
     if manifest.get("format") != FORMAT:
-        raise _fail(path, f"format {manifest.get('format')!r}, this server reads format {FORMAT}")
+        raise _fail(
+            path,
+            f"format {manifest.get('format')!r}, this server reads format {FORMAT} "
+            "(rebuild it with `make build`)",
+        )
+    if not isinstance(manifest.get("model"), dict) or not manifest["model"].get("id"):
+        raise _fail(path, "manifest.json does not name the model of its vectors (model.id)")
     for name in FILES:
         expected = manifest.get("files", {}).get(name, {}).get("sha256")
         if not (path / name).is_file():
@@ -209,6 +241,7 @@ def _check_consistent(
     path: Path,
     manifest: dict[str, Any],
     index: ItemIndex | None,
+    users: UserVectors | None,
     ranker: xgb.Booster | None,
     items: ItemSnapshot,
     popular: np.ndarray,
@@ -230,6 +263,12 @@ def _check_consistent(
             raise _fail(path, f"index dimension is {index.d}, manifest embedding_dim is {dim}")
         if index.ntotal != n:
             raise _fail(path, f"index holds {index.ntotal} items, item snapshot {n}")
+    if users is not None:
+        dim = manifest.get("embedding_dim")
+        if users.factors.ndim != 2 or users.factors.shape != (len(users.user_ids), dim):
+            raise _fail(path, f"user factors have shape {users.factors.shape}, expected (n_users, {dim})")
+        if len(users.user_ids) > 1 and not (np.diff(users.user_ids) > 0).all():
+            raise _fail(path, "user_factors.npz user ids are not sorted and unique")
     for name, col in items.columns.items():
         if col.shape != (n,):
             raise _fail(path, f"item feature {name} has {col.shape[0]} rows, expected {n}")

@@ -1,4 +1,4 @@
-"""`recsys`: the offline path from the command line (data, build, evaluate, verify)."""
+"""`recsys`: the offline path from the command line (data, build, tune, evaluate, verify)."""
 
 from __future__ import annotations
 
@@ -83,6 +83,23 @@ def cmd_build(args: argparse.Namespace) -> None:
     print(f"bundle {path.name} published at {path} (current -> {path.name})")
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from serve_app.config import BuildConfig
+    from serve_app.offline.data import load_movielens
+    from serve_app.offline.tune import DEFAULT_GRID, format_results, tune
+
+    base = (
+        BuildConfig.model_validate(json.loads(Path(args.config).read_text()))
+        if args.config
+        else BuildConfig()
+    )
+    grid = json.loads(Path(args.grid).read_text()) if args.grid else DEFAULT_GRID
+    if not isinstance(grid, list) or not all(isinstance(g, dict) for g in grid):
+        raise ConfigError(f"{args.grid}: expected a JSON list of BuildConfig override objects")
+    results = tune(load_movielens(args.data, strict=args.strict), base, grid, Path(args.repo).resolve())
+    print(format_results(results))
+
+
 def vars_of(args: argparse.Namespace) -> str:
     return (
         f"items={args.items} users={args.users} mean_interactions={args.mean_interactions} "
@@ -142,6 +159,16 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--quiet", action="store_true")
     _synth_args(build)
     build.set_defaults(func=cmd_build)
+
+    tune = sub.add_parser(
+        "tune", help="score BuildConfig candidates on the validation users (never the test users)"
+    )
+    tune.add_argument("--data", required=True, help="MovieLens-format directory")
+    tune.add_argument("--strict", action="store_true")
+    tune.add_argument("--config", help="JSON file with the base BuildConfig overrides")
+    tune.add_argument("--grid", help="JSON list of override objects to try (default: a small built-in grid)")
+    tune.add_argument("--repo", default=os.environ.get("RECSYS_FEATURE_REPO", str(DEFAULT_REPO)))
+    tune.set_defaults(func=cmd_tune)
 
     for name, func, text in (
         ("evaluate", cmd_evaluate, "print a bundle's evaluation table"),

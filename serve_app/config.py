@@ -110,17 +110,29 @@ class RankerConfig(Strict):
 
 
 class BuildConfig(Strict):
+    protocol: Literal["per_user", "global"] = Field(
+        "per_user",
+        description="decision time of each evaluated user: their own (before their last holdout_fraction of "
+        "interactions) or one global time (before the last holdout_fraction of all); see offline/split.py",
+    )
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     min_user_interactions: int = Field(5, ge=2)
+    valid_fraction: float = Field(
+        0.2,
+        ge=0,
+        lt=0.5,
+        description="share of split users kept for `recsys tune`, never trained or reported on",
+    )
     max_users_per_group: int = Field(
-        3_000, ge=10, description="users sampled for ranker training and for eval"
+        3_000, ge=10, description="users sampled for ranker training, validation and test"
     )
     n_candidates: int = Field(200, ge=10, le=5_000, description="retrieval depth fed to the ranker")
-    item_snapshots: int | None = Field(
+    eval_seeds: int = Field(3, ge=1, le=10, description="seeds the evaluation is averaged over")
+    eval_snapshots: int | None = Field(
         None,
-        ge=2,
+        ge=1,
         le=64,
-        description="item-feature snapshots for point-in-time training; default by catalogue size",
+        description="strict snapshot models per seed; default by data size (offline/strict.py)",
     )
     n_popular: int = Field(1_000, ge=10, description="length of the popularity fallback list")
     seed: int = 0

@@ -3,6 +3,11 @@
 Training passes columns of a `get_historical_features` frame; serving passes one user's online
 features (scalars) and the bundle's item snapshot columns. Both end in `model_matrix`, whose column
 order is `FEATURE_NAMES`, which the bundle manifest and the XGBoost model record and the loader checks.
+
+The ranker is trained on candidates of the evaluation models and served on those of the bundle's own
+model, so nothing it reads may depend on which ALS model produced it: raw inner products and factor
+norms shift between models (the median top-200 score moved 0.62 -> 0.70 on ml-latest-small), ranks
+and ratios to the user's best score do not. `retrieval_columns` is that model-invariant view.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import pandas as pd
 FEATURE_SERVICE = "ranker_v1"
 USER_ONLINE_SERVICE = "user_online_v1"
 USER_EMBEDDING = "user_embedding"
+USER_EMBEDDING_MODEL = "user_embedding_model"  # id of the model that produced user_embedding
 
 # Raw Feast features, in the ranker FeatureService's order.
 USER_FEATURES: tuple[str, ...] = (
@@ -28,25 +34,27 @@ USER_FEATURES: tuple[str, ...] = (
 ITEM_FEATURES: tuple[str, ...] = (
     "item_popularity",
     "item_popularity_recent",
+    "item_popularity_year",
     "item_age_days",
     "item_days_since_last",
     "item_avg_rating",
-    "item_emb_norm",
     "item_category",
 )
+RETRIEVAL_FEATURES: tuple[str, ...] = ("retrieval_rank", "retrieval_score_ratio")
 
 FEATURE_NAMES: tuple[str, ...] = (
-    "retrieval_score",
+    "retrieval_rank",
+    "retrieval_score_ratio",
     "user_log_interactions",
     "user_days_since_last",
     "user_avg_rating",
     "user_log_recent",
     "item_log_popularity",
     "item_log_popularity_recent",
+    "item_log_popularity_year",
     "item_age_days",
     "item_days_since_last",
     "item_avg_rating",
-    "item_emb_norm",
     "item_category",
     "rating_gap",
     "user_item_category_share",
@@ -101,31 +109,44 @@ def _category_share(shares: Any, category: np.ndarray) -> np.ndarray:
     return out
 
 
+def retrieval_columns(scores: np.ndarray) -> dict[str, np.ndarray]:
+    """RETRIEVAL_FEATURES of one user's candidates, given their retrieval scores best first.
+
+    The ratio to the best score is NaN when that score is not positive (no scale to compare with).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    top = s[0] if len(s) else np.nan
+    ratio = s / top if top > 0 else np.full(len(s), np.nan)
+    return {"retrieval_rank": np.arange(len(s), dtype=np.float64), "retrieval_score_ratio": ratio}
+
+
 def model_matrix(
-    user: Mapping[str, Any], items: Mapping[str, Any], retrieval_score: np.ndarray
+    user: Mapping[str, Any], items: Mapping[str, Any], retrieval: Mapping[str, np.ndarray]
 ) -> np.ndarray:
     """The ranker's input: one float32 row per candidate, columns in FEATURE_NAMES order.
 
     `user` maps USER_FEATURES to scalars (one user) or arrays (one per row); `items` maps
-    ITEM_FEATURES to arrays aligned with `retrieval_score`. Missing keys become NaN.
+    ITEM_FEATURES to arrays; `retrieval` maps RETRIEVAL_FEATURES to arrays (`retrieval_columns`),
+    all aligned. Missing user and item keys become NaN.
     """
-    score = np.asarray(retrieval_score, dtype=np.float64)
-    n = score.shape[0]
+    rank = np.asarray(retrieval["retrieval_rank"], dtype=np.float64)
+    n = rank.shape[0]
     u = {name: _column(user.get(name), n) for name in USER_FEATURES if name != "user_category_share"}
     it = {name: _column(items.get(name), n) for name in ITEM_FEATURES}
     category_share = _category_share(user.get("user_category_share"), it["item_category"])
     columns = (
-        score,
+        rank,
+        _column(retrieval["retrieval_score_ratio"], n),
         np.log1p(u["user_n_interactions"]),
         u["user_days_since_last"],
         u["user_avg_rating"],
         np.log1p(u["user_n_recent"]),
         np.log1p(it["item_popularity"]),
         np.log1p(it["item_popularity_recent"]),
+        np.log1p(it["item_popularity_year"]),
         it["item_age_days"],
         it["item_days_since_last"],
         it["item_avg_rating"],
-        it["item_emb_norm"],
         it["item_category"],
         it["item_avg_rating"] - u["user_avg_rating"],
         category_share,

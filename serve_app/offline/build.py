@@ -1,8 +1,9 @@
-"""`recsys build`: data -> feast apply -> materialize -> embeddings -> index -> ranker -> eval -> bundle.
+"""`recsys build`: data -> strict evaluation -> feast apply/materialize -> served model -> bundle.
 
-Two models are trained: an evaluation model on each user's earlier interactions (it produces the
-ranker's training candidates and the evaluation table) and the serving model on everything. The ranker
-and the figures come from the first; the bundle serves the second, as is usual after validation.
+The evaluation (offline/protocol.py) trains snapshot models on data before each decision time and
+rankers on their candidates; the bundle serves the model trained on everything, with the ranker of
+`cfg.seed` from the evaluation (its inputs do not depend on which ALS model retrieved, see
+serve_app/features.py), the served model's user factors, and the model's id on every vector.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +21,19 @@ import pandas as pd
 from feast import FeatureStore
 
 from serve_app import bundle as bundle_mod
-from serve_app.artifacts import History
+from serve_app.artifacts import History, UserVectors
 from serve_app.config import BuildConfig
-from serve_app.features import ITEM_FEATURES
-from serve_app.offline import feast_ops, feature_tables
+from serve_app.features import ITEM_FEATURES, retrieval_columns
+from serve_app.offline import feast_ops, protocol
 from serve_app.offline.data import Interactions
 from serve_app.offline.embeddings import Embeddings, train_als
-from serve_app.offline.evaluation import evaluate_lists, format_table
+from serve_app.offline.evaluation import format_table
 from serve_app.offline.index import build_index, index_recall
-from serve_app.offline.split import TemporalSplit, temporal_split
-from serve_app.offline.training import candidate_frame, matrix_from_frame, train_ranker
-from serve_app.stages.rank import score
+from serve_app.offline.sources import served_item_rows, serving_stamp, write_feature_sources
+from serve_app.offline.split import Group, TemporalSplit, temporal_split
+from serve_app.offline.strict import default_snapshots
+from serve_app.stages.filters import FilterContext, SeenFilter
+from serve_app.stages.retrieve import retrieve
 
 
 @dataclass
@@ -47,95 +50,34 @@ class Timer:
         self.seconds[name] = round(time.perf_counter() - start, 2)
 
 
-def _als(ratings: pd.DataFrame, cfg: BuildConfig, progress: bool) -> Embeddings:
-    return train_als(ratings, cfg.embedding, cfg.seed, progress)
-
-
-def _default_snapshots(n_items: int) -> int:
-    # Keep the item source around 2M rows: point-in-time precision where the catalogue allows it.
-    return int(np.clip(2_000_000 // max(n_items, 1), 2, 24))
-
-
-def write_feature_sources(
-    data: Interactions,
-    split: TemporalSplit,
-    eval_emb: Embeddings,
-    final_emb: Embeddings,
-    repo: Path,
-    stamp: pd.Timestamp,
-    n_snapshots: int,
-) -> None:
-    ratings = data.ratings
-    data_end = int(ratings["ts"].max()) + 1
-    groups = np.concatenate([split.ranker_users, split.eval_users])
-    users = pd.concat(
-        [
-            feature_tables.user_rows_at_cutoffs(
-                split.train, data.items, split.cutoff.loc[groups], eval_emb.user_factors, eval_emb.user_ids
-            ),
-            feature_tables.user_rows_final(
-                ratings, data.items, final_emb.user_factors, final_emb.user_ids, data_end, stamp
-            ),
-        ],
-        ignore_index=True,
+def ranker_input_shift(
+    runs: list[protocol.SeedRun], split: TemporalSplit, served: Embeddings, index, n: int
+) -> dict:
+    """Medians of the retrieval inputs on the test users: from the evaluation's snapshot models, and
+    from the served model. Raw scores move between models; the ranker reads only the invariant ones."""
+    users = split.test_users[np.isin(split.test_users, served.user_ids)][:1_000]
+    seen = split.ratings[split.ratings["user_id"].isin(users)].groupby("user_id")["item_id"].apply(np.asarray)
+    contexts = [
+        FilterContext(int(u), served.item_rows(seen.get(u, np.empty(0, np.int64))), np.empty(0, np.int64))
+        for u in users
+    ]
+    found = retrieve(index, served.user_factors[served.user_rows(users)], n, [SeenFilter()], contexts)
+    scores = [c.scores for c, _ in found]
+    ratios = (
+        np.concatenate([retrieval_columns(s)["retrieval_score_ratio"] for s in scores])
+        if scores
+        else np.empty(0)
     )
-    grid = feature_tables.item_snapshot_times(split.cutoff.loc[groups].to_numpy(), n_snapshots)
-    eval_norms = eval_emb.item_norms()
-    items = pd.concat(
-        [
-            feature_tables.item_rows_as_of(
-                split.train, data.items, eval_norms, int(g), pd.Timestamp(int(g), unit="s", tz="UTC")
-            )
-            for g in grid
-        ]
-        + [feature_tables.item_rows_as_of(ratings, data.items, final_emb.item_norms(), data_end, stamp)],
-        ignore_index=True,
-    )
-    data_dir = repo / "data"
-    feature_tables.write_parquet_atomic(users, data_dir / "user_features.parquet")
-    feature_tables.write_parquet_atomic(items, data_dir / "item_features.parquet")
-
-
-def _with_features(store: FeatureStore, frame: pd.DataFrame) -> pd.DataFrame:
-    feats = feast_ops.historical_features(store, frame)
-    frame = frame.reset_index(drop=True)
-    return pd.concat([frame, feats.drop(columns=["user_id", "item_id", "event_timestamp"])], axis=1)
-
-
-def evaluate(
-    split: TemporalSplit, eval_frame: pd.DataFrame, booster, n_candidates: int
-) -> dict[str, dict[str, float]]:
-    holdout = split.holdout[split.holdout["user_id"].isin(split.eval_users)]
-    relevant = holdout.groupby("user_id")["item_id"].apply(set)
-    users = relevant.index.to_numpy()
-    seen = split.train[split.train["user_id"].isin(users)].groupby("user_id")["item_id"].apply(set)
-    popular_order = split.train["item_id"].value_counts().index.to_numpy()
-    depth = max(50, n_candidates)
-
-    popular_lists = []
-    for u in users:
-        s = seen.get(u, set())
-        popular_lists.append(np.array([i for i in popular_order[: depth + len(s)] if i not in s][:depth]))
-
-    eval_frame = eval_frame.assign(ranker_score=score(booster, matrix_from_frame(eval_frame)))
-    by_user = dict(tuple(eval_frame.groupby("user_id")))
-    empty = np.empty(0, np.int64)
-    retrieval_lists, ranked_lists = [], []
-    for u in users:
-        part = by_user.get(u)
-        if part is None:
-            retrieval_lists.append(empty)
-            ranked_lists.append(empty)
-            continue
-        retrieval_lists.append(part.sort_values("retrieval_rank")["item_id"].to_numpy())
-        ranked_lists.append(
-            part.sort_values("ranker_score", ascending=False, kind="stable")["item_id"].to_numpy()
-        )
-    rel = [relevant[u] for u in users]
+    ev = runs[0].frame[runs[0].frame["user_id"].isin(split.test_users)]
     return {
-        "most_popular": evaluate_lists(popular_lists, rel),
-        "retrieval_only": evaluate_lists(retrieval_lists, rel),
-        "two_stage": evaluate_lists(ranked_lists, rel),
+        "median_retrieval_score": {
+            "evaluation_models": float(np.median(ev["retrieval_score"])) if len(ev) else None,
+            "served_model": float(np.median(np.concatenate(scores))) if scores else None,
+        },
+        "median_retrieval_score_ratio (ranker input)": {
+            "evaluation_models": float(np.nanmedian(ev["retrieval_score_ratio"])) if len(ev) else None,
+            "served_model": float(np.nanmedian(ratios)) if len(ratios) else None,
+        },
     }
 
 
@@ -146,75 +88,103 @@ def _history(ratings: pd.DataFrame, emb: Embeddings) -> History:
     return History(user_ids.astype(np.int64), indptr, emb.item_rows(ordered["item_id"].to_numpy()))
 
 
+@dataclass(frozen=True)
+class Evaluated:
+    split: TemporalSplit
+    runs: list[protocol.SeedRun]
+    evaluation: dict
+    boosters: dict
+    ranker_info: dict
+    n_snapshots: int
+
+
+def evaluate_on(
+    data: Interactions,
+    cfg: BuildConfig,
+    repo: Path,
+    group: Group,
+    timer: Timer,
+    progress: bool,
+    served: Embeddings | None = None,
+    stamp: pd.Timestamp | None = None,
+) -> Evaluated:
+    """The strict protocol through Feast, reported on `group`; with `served`, the serving rows are
+    written and materialized in the same pass (a build), else only the training rows (`recsys tune`)."""
+    with timer.step("split"):
+        split = temporal_split(
+            data.ratings,
+            cfg.protocol,
+            cfg.holdout_fraction,
+            cfg.min_user_interactions,
+            cfg.max_users_per_group,
+            cfg.valid_fraction,
+            cfg.seed,
+        )
+    n_snapshots = cfg.eval_snapshots or default_snapshots(split)
+    with timer.step(f"strict retrieval ({n_snapshots} snapshot models x {cfg.eval_seeds} seeds)"):
+        runs = protocol.retrieve_all(split, cfg, n_snapshots, progress)
+    with timer.step("feature sources"):
+        write_feature_sources(data, split, runs, repo, served, stamp)
+    with timer.step("feast apply"):
+        feast_ops.apply(repo)
+    if served is not None and stamp is not None:
+        with timer.step("feast materialize-incremental"):
+            feast_ops.materialize_incremental(repo, (stamp + timedelta(seconds=1)).to_pydatetime())
+    store = FeatureStore(repo_path=str(repo))
+    feast_ops.check_feature_service(store)
+    with timer.step("point-in-time features (get_historical_features)"):
+        runs = protocol.with_features(runs, lambda frame: feast_ops.historical_features(store, frame))
+    with timer.step("rankers and evaluation"):
+        evaluation, boosters, infos = protocol.evaluate(split, runs, cfg, group, len(data.items))
+    return Evaluated(split, runs, evaluation, boosters, infos, n_snapshots)
+
+
 def build(
     data: Interactions, cfg: BuildConfig, repo: Path, artifacts: Path, progress: bool = True
 ) -> tuple[Path, dict]:
     """Run the whole offline path; returns the published bundle's path and its evaluation."""
     timer = Timer(log=progress)
-    stamp = pd.Timestamp(datetime.now(UTC).replace(microsecond=0))
-    with timer.step("split"):
-        split = temporal_split(
-            data.ratings, cfg.holdout_fraction, cfg.min_user_interactions, cfg.max_users_per_group, cfg.seed
-        )
-    with timer.step("embeddings (evaluation model)"):
-        eval_emb = _als(split.train, cfg, progress)
-    with timer.step("embeddings (serving model)"):
-        final_emb = _als(data.ratings, cfg, progress)
+    stamp = serving_stamp(repo, int(data.ratings["ts"].max()) + 1)
+    with timer.step("embeddings (served model, all data)"):
+        served = train_als(data.ratings, cfg.embedding, cfg.seed, progress)
     with timer.step("index"):
-        eval_index, _ = build_index(eval_emb.item_factors, cfg.index, cfg.seed)
-        index, index_params = build_index(final_emb.item_factors, cfg.index, cfg.seed)
-    n_snapshots = cfg.item_snapshots or _default_snapshots(len(final_emb.item_ids))
-    with timer.step("feature sources"):
-        write_feature_sources(data, split, eval_emb, final_emb, repo, stamp, n_snapshots)
-    with timer.step("feast apply"):
-        feast_ops.apply(repo)
-    with timer.step("feast materialize-incremental"):
-        feast_ops.materialize_incremental(repo)
-    store = FeatureStore(repo_path=str(repo))
-    feast_ops.check_feature_service(store)
-
-    def labelled(users: np.ndarray) -> pd.DataFrame:
-        """Retrieved candidates for `users`, labelled, with their point-in-time features."""
-        frame = candidate_frame(
-            eval_index, eval_emb, split.train, split.holdout, users, cfg.n_candidates, split.cutoff
-        )
-        return _with_features(store, frame)
-
-    with timer.step("ranker training set (get_historical_features)"):
-        train_frame = labelled(split.ranker_users)
-    with timer.step("ranker"):
-        booster, ranker_info = train_ranker(train_frame, cfg.ranker, cfg.seed)
-    with timer.step("evaluation"):
-        eval_frame = labelled(split.eval_users)
-        methods = evaluate(split, eval_frame, booster, cfg.n_candidates)
-        queries = final_emb.user_factors[final_emb.user_rows(split.eval_users[:1_000])]
-        recall = index_recall(index, final_emb.item_factors, queries, cfg.n_candidates)
+        index, index_params = build_index(served.item_factors, cfg.index, cfg.seed)
+    done = evaluate_on(data, cfg, repo, "test", timer, progress, served, stamp)
+    split, evaluation, n_snapshots = done.split, done.evaluation, done.n_snapshots
+    test_users = split.test_users[np.isin(split.test_users, served.user_ids)][:1_000]
+    queries = served.user_factors[served.user_rows(test_users)]
+    recall = index_recall(index, served.item_factors, queries, cfg.n_candidates)
+    shift = ranker_input_shift(done.runs, split, served, index, cfg.n_candidates)
+    infos = done.ranker_info
+    data_end = int(data.ratings["ts"].max()) + 1
+    booster = done.boosters[cfg.seed]
 
     with timer.step("bundle"):
-        final_items = (
-            feature_tables.item_rows_as_of(
-                data.ratings, data.items, final_emb.item_norms(), int(data.ratings["ts"].max()) + 1, stamp
-            )
-            .set_index("item_id")
-            .reindex(final_emb.item_ids)
-        )
+        final_items = served_item_rows(data, served.item_ids).set_index("item_id").reindex(served.item_ids)
         columns = {name: final_items[name].to_numpy(np.float64) for name in ITEM_FEATURES}
         popular_rows = np.lexsort((-columns["item_popularity"], -columns["item_popularity_recent"]))[
             : cfg.n_popular
         ]
         version = f"{stamp:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-        evaluation = {
-            "methods": methods,
-            "n_eval_users": len(split.eval_users),
-            "holdout_fraction": cfg.holdout_fraction,
-            "index": {
-                **index_params,
-                "n": cfg.n_candidates,
-                "recall_vs_exact": recall,
-                "n_queries": len(queries),
-            },
-            "timings_s": timer.seconds,
-        }
+        evaluation.update(
+            {
+                "decision_time": "each user's first held-out interaction"
+                if split.protocol == "per_user"
+                else "one global time for all users",
+                "holdout_fraction": cfg.holdout_fraction,
+                "snapshot_models": n_snapshots,
+                "published_seed": cfg.seed,
+                "split_users": {g: len(split.group(g)) for g in ("ranker", "valid", "test")},
+                "ranker_input_shift": shift,
+                "index": {
+                    **index_params,
+                    "n": cfg.n_candidates,
+                    "recall_vs_exact": recall,
+                    "n_queries": len(queries),
+                },
+                "timings_s": timer.seconds,
+            }
+        )
         manifest = {
             "version": version,
             "created_at": stamp.isoformat(),
@@ -224,10 +194,17 @@ def build(
                 "n_users": int(data.ratings["user_id"].nunique()),
                 "n_items": len(data.items),
                 "skipped_rows": len(data.skipped),
+                "data_end": pd.Timestamp(data_end, unit="s", tz="UTC").isoformat(),
             },
-            "embedding_dim": int(final_emb.item_factors.shape[1]),
+            "model": {
+                "kind": "implicit-als",
+                "factors": cfg.embedding.factors,
+                "trained_on": "every interaction in data_source",
+                "n_users": len(served.user_ids),
+            },
+            "embedding_dim": int(served.item_factors.shape[1]),
             "index": index_params,
-            "ranker": ranker_info,
+            "ranker": {**infos[cfg.seed], "seed": cfg.seed},
             "feature_service": feast_ops.FEATURE_SERVICE,
             "build_config": cfg.model_dump(),
             "evaluation": evaluation,
@@ -237,11 +214,12 @@ def build(
             bundle_mod.write_bundle(
                 staging,
                 index=index,
+                users=UserVectors(served.model_id, served.user_ids, served.user_factors),
                 ranker=booster,
-                item_ids=final_emb.item_ids,
+                item_ids=served.item_ids,
                 item_columns=columns,
                 popular_rows=popular_rows,
-                history=_history(data.ratings, final_emb),
+                history=_history(data.ratings, served),
                 manifest=manifest,
             )
             bundle_mod.load_bundle(staging)  # never publish what the server would refuse

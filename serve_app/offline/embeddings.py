@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,7 @@ from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from serve_app.config import EmbeddingConfig
+from serve_app.fold_in import interaction_weight
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,13 @@ class Embeddings:
     user_factors: np.ndarray  # float32 (n_users, dim)
     item_factors: np.ndarray  # float32 (n_items, dim)
 
+    @property
+    def model_id(self) -> str:
+        """Names this model by its content: two vectors pair only when their model ids are equal."""
+        h = hashlib.sha256(self.item_ids.tobytes())
+        h.update(self.item_factors.tobytes())
+        return f"als-{h.hexdigest()[:12]}"
+
     def user_rows(self, user_ids: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.user_ids, user_ids)
 
@@ -28,17 +37,13 @@ class Embeddings:
         pos = np.searchsorted(self.item_ids, item_ids).clip(0, max(len(self.item_ids) - 1, 0))
         return np.where(self.item_ids[pos] == item_ids, pos, -1)
 
-    def item_norms(self) -> pd.Series:
-        return pd.Series(np.linalg.norm(self.item_factors, axis=1), index=self.item_ids)
-
 
 def train_als(
     ratings: pd.DataFrame, cfg: EmbeddingConfig, seed: int = 0, show_progress: bool = True
 ) -> Embeddings:
     user_ids, user_rows = np.unique(ratings["user_id"].to_numpy(), return_inverse=True)
     item_ids, item_rows = np.unique(ratings["item_id"].to_numpy(), return_inverse=True)
-    # Confidence grows with the rating, but any interaction is a positive signal.
-    weight = 1.0 + ratings["rating"].to_numpy(np.float32) / 5.0
+    weight = interaction_weight(ratings["rating"].to_numpy())
     matrix = sp.csr_matrix((weight, (user_rows, item_rows)), shape=(len(user_ids), len(item_ids)))
     # implicit runs its own threads; OpenBLAS threads on top of them only contend.
     with threadpool_limits(1, "blas"):

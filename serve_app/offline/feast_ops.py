@@ -40,6 +40,20 @@ def materialize_incremental(repo: Path, end: datetime | None = None) -> None:
     feast_cli(repo, "materialize-incremental", end.strftime("%Y-%m-%dT%H:%M:%S"))
 
 
+def last_materialized(repo: Path) -> pd.Timestamp | None:
+    """End of the online store's last materialization of the user features (None before the first)."""
+    if not (repo / "data" / "registry.db").exists():
+        return None
+    try:
+        end = FeatureStore(repo_path=str(repo)).get_feature_view("user_features").most_recent_end_time
+    except Exception:  # no registry entry yet: nothing was materialized
+        return None
+    if end is None:
+        return None
+    ts = pd.Timestamp(end)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 def check_feature_service(store: FeatureStore) -> None:
     """The ranker's FeatureService must name exactly the raw features serve_app/features.py reads."""
     service = store.get_feature_service(FEATURE_SERVICE)

@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from serve_app.features import USER_EMBEDDING, USER_EMBEDDING_MODEL
+
 DAY = 86_400.0
 RECENT_DAYS = 30
+YEAR_DAYS = 365
 
 
 def _as_timestamp(unix_seconds: np.ndarray | int) -> pd.DatetimeIndex | pd.Timestamp:
@@ -21,15 +24,19 @@ def _as_timestamp(unix_seconds: np.ndarray | int) -> pd.DatetimeIndex | pd.Times
 
 
 def user_rows_at_cutoffs(
-    train: pd.DataFrame, items: pd.DataFrame, cutoff: pd.Series, embeddings: np.ndarray, user_ids: np.ndarray
+    history: pd.DataFrame,
+    items: pd.DataFrame,
+    cutoff: pd.Series,
+    vectors: dict[int, tuple[np.ndarray, str]],
 ) -> pd.DataFrame:
     """User features as of each user's own cutoff, from exactly that user's earlier interactions.
 
-    `embeddings[i]` belongs to `user_ids[i]` (the model trained on `train`).
+    `vectors[user_id]` is the user's vector at the cutoff and the id of the model it belongs to.
     """
-    stats = _user_stats(train[train["user_id"].isin(cutoff.index)], items, cutoff)
-    rows = np.searchsorted(user_ids, stats["user_id"].to_numpy())
-    stats["user_embedding"] = list(embeddings[rows].astype(np.float32))
+    stats = _user_stats(history[history["user_id"].isin(cutoff.index)], items, cutoff)
+    users = stats["user_id"].tolist()
+    stats[USER_EMBEDDING] = [vectors[u][0] if u in vectors else None for u in users]
+    stats[USER_EMBEDDING_MODEL] = [vectors[u][1] if u in vectors else None for u in users]
     # One second before the first held-out interaction: what was known just before it happened.
     stats["event_timestamp"] = _as_timestamp(cutoff.loc[stats["user_id"]].to_numpy() - 1)
     return stats
@@ -40,13 +47,16 @@ def user_rows_final(
     items: pd.DataFrame,
     embeddings: np.ndarray,
     user_ids: np.ndarray,
+    model_id: str,
     as_of: int,
     stamp: pd.Timestamp,
 ) -> pd.DataFrame:
-    """Serving rows: every user's features from all data as of `as_of`, stamped `stamp`."""
+    """Serving rows: every user's features from all data as of `as_of`, stamped `stamp`, with the
+    served model's vector and its id."""
     reference = pd.Series(as_of, index=pd.Index(user_ids, name="user_id"))
     stats = _user_stats(ratings, items, reference)
-    stats["user_embedding"] = list(embeddings[np.searchsorted(user_ids, stats["user_id"].to_numpy())])
+    stats[USER_EMBEDDING] = list(embeddings[np.searchsorted(user_ids, stats["user_id"].to_numpy())])
+    stats[USER_EMBEDDING_MODEL] = model_id
     stats["event_timestamp"] = stamp
     return stats
 
@@ -82,39 +92,54 @@ def _user_stats(ratings: pd.DataFrame, items: pd.DataFrame, reference: pd.Series
     return out.drop(columns="user_last_ts").reset_index()
 
 
-def item_rows_as_of(
-    ratings: pd.DataFrame, items: pd.DataFrame, emb_norm: pd.Series, as_of: int, stamp: pd.Timestamp
+def item_rows_at(
+    ratings: pd.DataFrame, items: pd.DataFrame, item_ids: np.ndarray, times: np.ndarray
 ) -> pd.DataFrame:
-    """Item features from interactions strictly before `as_of`, stamped `stamp`.
+    """Item features of each (item_ids[j], times[j]) from interactions strictly before times[j].
 
-    Only items with at least one interaction by then get a row (the rest are unknown at that time).
-    `emb_norm` maps item_id -> norm of its factors in the model that is current at `stamp`.
+    Exact at every requested time, not at a coarser grid: training rows read an item as of each
+    user's own decision time, as serving reads the bundle's snapshot as of the data's end. Only pairs
+    with at least one interaction by then get a row (the item was unknown at that time otherwise).
+    Columns: item_id, as_of (the time), then ITEM_FEATURES.
     """
-    past = ratings[ratings["ts"] < as_of]
-    recent = past["ts"].to_numpy() >= as_of - RECENT_DAYS * DAY
-    grouped = past.assign(recent=recent).groupby("item_id")
+    item_ids, times = np.asarray(item_ids, np.int64), np.asarray(times, np.int64)
+    order = np.lexsort((ratings["ts"].to_numpy(), ratings["item_id"].to_numpy()))
+    it = ratings["item_id"].to_numpy()[order]
+    ts = ratings["ts"].to_numpy()[order].astype(np.int64)
+    rating_sum = np.concatenate([[0.0], np.cumsum(ratings["rating"].to_numpy(np.float64)[order])])
+    known_ids, start = np.unique(it, return_index=True)
+    pos = np.searchsorted(known_ids, item_ids).clip(0, max(len(known_ids) - 1, 0))
+    known = (known_ids[pos] == item_ids) if len(known_ids) else np.zeros(len(item_ids), bool)
+    # One sorted key over (item, time) answers "how many of this item's interactions are before t".
+    span = int(max(ts.max(initial=0), times.max(initial=0))) + int(YEAR_DAYS * DAY) + 2
+    keys = np.searchsorted(known_ids, it).astype(np.int64) * span + ts
+    base = pos.astype(np.int64) * span
+    first = start[pos]
+    end = np.searchsorted(keys, base + times, side="left")
+    count = np.where(known, end - first, 0)
+
+    def since(days: int) -> np.ndarray:
+        return np.searchsorted(keys, base + np.maximum(times - int(days * DAY), 0), side="left")
+
+    recent_from, year_from = since(RECENT_DAYS), since(YEAR_DAYS)
+    ok = count > 0
+    first, end, count, times = first[ok], end[ok], count[ok], times[ok]
     out = pd.DataFrame(
         {
-            "item_popularity": grouped.size().astype(np.int64),
-            "item_popularity_recent": grouped["recent"].sum().astype(np.int64),
-            "item_age_days": ((as_of - grouped["ts"].min()) / DAY).astype(np.float32),
-            "item_days_since_last": ((as_of - grouped["ts"].max()) / DAY).astype(np.float32),
-            "item_avg_rating": grouped["rating"].mean().astype(np.float32),
+            "item_id": item_ids[ok],
+            "as_of": times,
+            "item_popularity": count.astype(np.int64),
+            "item_popularity_recent": (end - np.maximum(recent_from[ok], first)).astype(np.int64),
+            "item_popularity_year": (end - np.maximum(year_from[ok], first)).astype(np.int64),
+            "item_age_days": ((times - ts[first]) / DAY).astype(np.float32),
+            "item_days_since_last": ((times - ts[end - 1]) / DAY).astype(np.float32),
+            "item_avg_rating": ((rating_sum[end] - rating_sum[first]) / count).astype(np.float32),
         }
     )
-    out["item_emb_norm"] = emb_norm.reindex(out.index).to_numpy(np.float32)
     out["item_category"] = (
-        items.set_index("item_id")["category"].reindex(out.index).fillna(-1).astype(np.int64)
+        items.set_index("item_id")["category"].reindex(out["item_id"]).fillna(-1).astype(np.int64).to_numpy()
     )
-    out = out.reset_index()
-    out["event_timestamp"] = stamp
     return out
-
-
-def item_snapshot_times(cutoffs: np.ndarray, n_snapshots: int) -> np.ndarray:
-    """Grid of item-snapshot times spanning the users' cutoffs (quantiles, deduplicated)."""
-    qs = np.linspace(0.0, 1.0, n_snapshots)
-    return np.unique(np.quantile(cutoffs, qs).astype(np.int64))
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:

@@ -1,68 +1,20 @@
-"""Ranker training data and model: retrieved candidates, labelled by what users did next."""
+"""The ranker: XGBoost on retrieved candidates, labelled by what users did next (offline/protocol.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
-from tqdm import tqdm
 
 from serve_app.config import RankerConfig
 from serve_app.errors import DataError
-from serve_app.features import FEATURE_NAMES, ITEM_FEATURES, USER_FEATURES, model_matrix
-from serve_app.offline.embeddings import Embeddings
-from serve_app.stages.filters import FilterContext, SeenFilter
-from serve_app.stages.retrieve import retrieve
-
-BATCH = 1_024
-
-
-def candidate_frame(
-    index,
-    emb: Embeddings,
-    train: pd.DataFrame,
-    holdout: pd.DataFrame,
-    users: np.ndarray,
-    n: int,
-    cutoff: pd.Series,
-) -> pd.DataFrame:
-    """Top-n unseen candidates per user from the index, labelled 1 where the user later interacted.
-
-    Columns: user_id, item_id, retrieval_score, retrieval_rank, label, event_timestamp.
-    """
-    users = users[np.isin(users, emb.user_ids)]
-    seen = train[train["user_id"].isin(users)].groupby("user_id")["item_id"].apply(np.asarray)
-    later = holdout[holdout["user_id"].isin(users)].groupby("user_id")["item_id"].apply(set)
-    parts = []
-    for start in tqdm(range(0, len(users), BATCH), desc="retrieving candidates", unit="batch", leave=False):
-        batch = users[start : start + BATCH]
-        queries = emb.user_factors[emb.user_rows(batch)]
-        contexts = [
-            FilterContext(int(u), emb.item_rows(seen.get(u, np.empty(0, np.int64))), np.empty(0, np.int64))
-            for u in batch
-        ]
-        for user, (cands, _) in zip(
-            batch, retrieve(index, queries, n, [SeenFilter()], contexts), strict=True
-        ):
-            item_ids = emb.item_ids[cands.rows]
-            positives = later.get(user, set())
-            parts.append(
-                pd.DataFrame(
-                    {
-                        "user_id": user,
-                        "item_id": item_ids,
-                        "retrieval_score": cands.scores,
-                        "retrieval_rank": np.arange(len(cands)),
-                        "label": np.fromiter(
-                            (i in positives for i in item_ids.tolist()), bool, len(item_ids)
-                        ),
-                    }
-                )
-            )
-    frame = pd.concat(parts, ignore_index=True)
-    # Features as they were just before the user's first held-out interaction.
-    frame["event_timestamp"] = pd.to_datetime(cutoff.loc[frame["user_id"]].to_numpy() - 1, unit="s", utc=True)
-    return frame
+from serve_app.features import (
+    FEATURE_NAMES,
+    ITEM_FEATURES,
+    RETRIEVAL_FEATURES,
+    USER_FEATURES,
+    model_matrix,
+)
 
 
 def matrix_from_frame(frame: pd.DataFrame) -> np.ndarray:
@@ -70,7 +22,7 @@ def matrix_from_frame(frame: pd.DataFrame) -> np.ndarray:
     return model_matrix(
         {name: frame[name].to_numpy() for name in USER_FEATURES},
         {name: frame[name].to_numpy() for name in ITEM_FEATURES},
-        frame["retrieval_score"].to_numpy(),
+        {name: frame[name].to_numpy() for name in RETRIEVAL_FEATURES},
     )
 
 

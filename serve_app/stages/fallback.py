@@ -2,7 +2,8 @@
 
 A fallback names why the normal path (retrieve -> rank) could not produce the answer; `degraded` says
 the answer was built from partial information. Reasons, and who decides each:
-- `unknown_user`, `missing_embedding`, `user_features_unavailable`: the user's features (`for_features`);
+- `unknown_user`, `missing_embedding`, `user_features_unavailable`, `model_mismatch`: no vector of the
+  bundle's own model for this user, neither in the online store nor in the bundle (`for_features`);
 - `retriever_unavailable`, `ranker_unavailable`: a stage failed or missed the deadline (`after_*`).
 """
 
@@ -26,18 +27,39 @@ if TYPE_CHECKING:
 UNKNOWN_USER = "unknown_user"
 MISSING_EMBEDDING = "missing_embedding"
 USER_FEATURES_UNAVAILABLE = "user_features_unavailable"
+MODEL_MISMATCH = "model_mismatch"
 RETRIEVER_UNAVAILABLE = "retriever_unavailable"
 RANKER_UNAVAILABLE = "ranker_unavailable"
 
 
-def for_features(features: UserFeatureResult, dim: int) -> str | None:
-    """Why this user cannot be served by retrieval, or None when they can."""
+def for_features(features: UserFeatureResult, dim: int, model_id: str) -> str | None:
+    """Why the online features hold no usable vector of model `model_id`, or None when they do.
+
+    A vector of another model (a newer build, or an older one after a rollback) is never paired with
+    this model's item vectors: the inner products of two models mean nothing together.
+    """
     if not features.found:
         return USER_FEATURES_UNAVAILABLE if features.source == "none" else UNKNOWN_USER
     embedding = features.embedding
-    if embedding is None or embedding.shape != (dim,) or not np.isfinite(embedding).all():
+    if embedding is None:
+        return MISSING_EMBEDDING
+    if features.embedding_model != model_id:
+        return MODEL_MISMATCH
+    if embedding.shape != (dim,) or not np.isfinite(embedding).all():
         return MISSING_EMBEDDING
     return None
+
+
+def no_vector(features: UserFeatureResult, bundle_version: str, model_id: str, reason: str) -> Scored:
+    """Retrieval has no vector for the user: an empty result that `settle` fills with the popularity
+    list. A model mismatch nothing could resolve is degraded: the user has a vector, of another model."""
+    if reason == MODEL_MISMATCH:
+        why = (
+            f"the online store holds this user's vector of model {features.embedding_model}; the bundle "
+            f"serves model {model_id} and has no vector for this user"
+        )
+        return Scored.empty(bundle_version, fallback=reason, degraded=True, reason=features.reason or why)
+    return Scored.empty(bundle_version, fallback=reason, degraded=features.degraded, reason=features.reason)
 
 
 def store_failure(error: BaseException, timeout_s: float) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import xgboost as xgb
 
 from serve_app.bundle import Bundle
-from serve_app.features import model_matrix
+from serve_app.features import model_matrix, retrieval_columns
 from serve_app.stages.scored import EMPTY_SCORES, Scored
 from serve_app.stages.user_features import UserFeatureResult
 
@@ -28,7 +28,9 @@ def rank_batch(bundle: Bundle, requests: Sequence[tuple[UserFeatureResult, Score
         if len(rows) != len(cands.item_ids):  # candidates from another bundle version: keep known ones
             known = np.isin(cands.item_ids, bundle.items.item_ids)
             cands = replace(cands, item_ids=cands.item_ids[known], scores=cands.scores[known])
-        matrices.append(model_matrix(features.values, bundle.items.take(rows), cands.scores))
+        matrices.append(
+            model_matrix(features.values, bundle.items.take(rows), retrieval_columns(cands.scores))
+        )
         spans.append(cands)
     scores = score(bundle.ranker, np.vstack(matrices)) if matrices else EMPTY_SCORES
     out, offset = [], 0

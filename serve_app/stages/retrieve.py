@@ -16,6 +16,7 @@ from serve_app.stages.scored import Scored
 from serve_app.stages.user_features import UserFeatureResult
 
 if TYPE_CHECKING:
+    from serve_app.bundle import Bundle
     from serve_app.serving_state import Served
 
 
@@ -55,6 +56,20 @@ def retrieve(
     return out
 
 
+def query_vector(features: UserFeatureResult, bundle: Bundle) -> tuple[np.ndarray | None, str | None]:
+    """The user's vector in the bundle's model, or None and the fallback reason.
+
+    The online store's vector when it is of the bundle's model (it may be fresher, e.g. folded in
+    after new events), else the bundle's own vector for the user: that keeps a bundle served after a
+    newer build (a rollback) answering as it did, and lets retrieval go on when the store is down.
+    """
+    reason = fallback.for_features(features, bundle.embedding_dim, bundle.model_id)
+    if reason is None:
+        return features.embedding, None
+    own = bundle.users.get(features.user_id)
+    return (own, None) if own is not None else (None, reason)
+
+
 def retrieve_batch(
     served: Served, requests: Sequence[tuple[UserFeatureResult, int, Sequence[int]]]
 ) -> list[Scored]:
@@ -65,17 +80,16 @@ def retrieve_batch(
     start = time.perf_counter()
     bundle = served.bundle
     out: list[Scored | None] = [None] * len(requests)
-    todo = []
+    todo, vectors = [], []
     for i, (features, _, _) in enumerate(requests):
-        reason = fallback.for_features(features, bundle.embedding_dim)
-        if reason is not None:
-            out[i] = Scored.empty(
-                bundle.version, fallback=reason, degraded=features.degraded, reason=features.reason
-            )
+        vector, reason = query_vector(features, bundle)
+        if vector is None:
+            out[i] = fallback.no_vector(features, bundle.version, bundle.model_id, str(reason))
         else:
             todo.append(i)
+            vectors.append(vector)
     if todo:
-        queries = np.stack([requests[i][0].embedding for i in todo])
+        queries = np.stack(vectors)
         contexts = [served.context(requests[i][0].user_id, tuple(requests[i][2])) for i in todo]
         n = max(requests[i][1] for i in todo)
         results = retrieve(bundle.index, queries, n, served.filters, contexts)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from serve_app.config import SERVING_DEFAULTS, ServingSettings
-from serve_app.features import USER_EMBEDDING, USER_FEATURES, USER_ONLINE_SERVICE
+from serve_app.features import USER_EMBEDDING, USER_EMBEDDING_MODEL, USER_FEATURES, USER_ONLINE_SERVICE
 from serve_app.stages import fallback
 
 Fetch = Callable[[int], dict[str, Any] | None]
@@ -34,6 +34,7 @@ class UserFeatureResult:
     found: bool  # the store (or the cache) knows this user
     source: Source  # stale_cache and none: the store failed or missed its deadline
     reason: str | None = None  # why the store read failed
+    embedding_model: str | None = None  # the model that produced `embedding`
 
     @property
     def degraded(self) -> bool:
@@ -41,13 +42,13 @@ class UserFeatureResult:
 
 
 def feast_fetcher(repo: str | Path, fs_yaml: str | Path | None = None) -> Fetch:
-    """One FeatureStore per process, reading the `user_online_v1` FeatureService (the embedding for
-    retrieval and the ranker's user features); returns None for a user the online store does not know."""
+    """One FeatureStore per process, reading the `user_online_v1` FeatureService (the embedding and its
+    model id, and the ranker's user features); returns None for a user the online store does not know."""
     from feast import FeatureStore
 
     store = FeatureStore(repo_path=str(repo), fs_yaml_file=Path(fs_yaml) if fs_yaml else None)
     service = store.get_feature_service(USER_ONLINE_SERVICE)
-    names = (USER_EMBEDDING, *USER_FEATURES)
+    names = (USER_EMBEDDING, USER_EMBEDDING_MODEL, *USER_FEATURES)
 
     def fetch(user_id: int) -> dict[str, Any] | None:
         row = store.get_online_features(features=service, entity_rows=[{"user_id": int(user_id)}]).to_dict()
@@ -129,6 +130,8 @@ def _result(
         return UserFeatureResult(user_id, {}, None, False, source, reason)
     raw = values.get(USER_EMBEDDING)
     embedding = np.asarray(raw, dtype=np.float32) if raw is not None else None
+    values_by_name = {name: values.get(name) for name in USER_FEATURES}
+    model = values.get(USER_EMBEDDING_MODEL)
     return UserFeatureResult(
-        user_id, {name: values.get(name) for name in USER_FEATURES}, embedding, True, source, reason
+        user_id, values_by_name, embedding, True, source, reason, str(model) if model else None
     )

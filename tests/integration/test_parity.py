@@ -11,7 +11,14 @@ import pytest
 from feast import FeatureStore
 
 from serve_app.bundle import Bundle, load_bundle
-from serve_app.features import FEATURE_NAMES, USER_EMBEDDING, USER_FEATURES, model_matrix
+from serve_app.features import (
+    FEATURE_NAMES,
+    USER_EMBEDDING,
+    USER_EMBEDDING_MODEL,
+    USER_FEATURES,
+    model_matrix,
+    retrieval_columns,
+)
 from serve_app.offline import feast_ops
 from serve_app.offline.training import matrix_from_frame
 from serve_app.stages.filters import FilterContext, SeenFilter
@@ -39,7 +46,7 @@ def users(bundle: Bundle) -> list[int]:
 
 def online_user(store: FeatureStore, user_id: int) -> dict[str, Any]:
     """One user's online features exactly as the online store returns them (scalars and lists)."""
-    names = (USER_EMBEDDING, *USER_FEATURES)
+    names = (USER_EMBEDDING, USER_EMBEDDING_MODEL, *USER_FEATURES)
     row = store.get_online_features(
         features=[f"user_features:{n}" for n in names], entity_rows=[{"user_id": user_id}]
     ).to_dict()
@@ -64,7 +71,8 @@ def training_matrix(store: FeatureStore, bundle: Bundle, user_id: int, cands: Ca
         }
     )
     frame = feast_ops.historical_features(store, entities)
-    frame["retrieval_score"] = cands.scores
+    for name, values in retrieval_columns(cands.scores).items():
+        frame[name] = values
     return matrix_from_frame(frame)
 
 
@@ -74,10 +82,17 @@ def test_training_and_serving_paths_give_identical_matrices(
     for user_id in users:
         online = online_user(store, user_id)
         assert online[USER_EMBEDDING] is not None, f"user {user_id} has no online features"
+        # The online store's vector is the bundle's model's, and equal to the bundle's own copy.
+        assert online[USER_EMBEDDING_MODEL] == bundle.model_id
+        np.testing.assert_array_equal(
+            np.asarray(online[USER_EMBEDDING], np.float32), bundle.users.get(user_id)
+        )
         cands = candidates(bundle, user_id, online[USER_EMBEDDING])
         assert len(cands) == N_CANDIDATES
         serving = model_matrix(
-            {name: online[name] for name in USER_FEATURES}, bundle.items.take(cands.rows), cands.scores
+            {name: online[name] for name in USER_FEATURES},
+            bundle.items.take(cands.rows),
+            retrieval_columns(cands.scores),
         )
         training = training_matrix(store, bundle, user_id, cands)
         assert serving.shape == training.shape == (N_CANDIDATES, len(FEATURE_NAMES))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from serve_app.artifacts import History, ItemIndex, ItemSnapshot
+from serve_app.artifacts import History, ItemIndex, ItemSnapshot, UserVectors
 from serve_app.bundle import Bundle
 from serve_app.config import SERVING_DEFAULTS
 from serve_app.features import FEATURE_NAMES, ITEM_FEATURES
@@ -19,6 +19,8 @@ from serve_app.stages.user_features import UserFeatureResult
 
 DIM = 8
 N_ITEMS = 300
+MODEL_ID = "als-test"
+BUNDLE_USERS = (1, 2, 500)  # users the bundle's own model has a vector for
 
 
 def make_bundle(version: str = "v-test", seed: int = 0) -> Bundle:
@@ -43,13 +45,19 @@ def make_bundle(version: str = "v-test", seed: int = 0) -> Bundle:
         np.array([0, 1, 2], dtype=np.int64),
     )
     popular = np.argsort(-columns["item_popularity_recent"])
+    users = UserVectors(
+        MODEL_ID,
+        np.array(BUNDLE_USERS, dtype=np.int64),
+        rng.normal(size=(len(BUNDLE_USERS), DIM)).astype(np.float32),
+    )
     return Bundle(
         Path("/nonexistent"),
         version,
-        {"embedding_dim": DIM},
+        {"embedding_dim": DIM, "model": {"id": MODEL_ID}},
         ItemSnapshot(item_ids, columns),
         popular,
         loaded_index=index,
+        loaded_users=users,
         loaded_ranker=ranker,
         loaded_history=history,
     )
@@ -77,6 +85,7 @@ def user(user_id: int = 1, seed: int = 1, **overrides) -> UserFeatureResult:
         "found": True,
         "source": "online",
         "reason": None,
+        "embedding_model": MODEL_ID,
     }
     fields.update(overrides)
     return UserFeatureResult(**fields)

@@ -1,4 +1,4 @@
-"""recall@k and NDCG@k on examples computed by hand."""
+"""recall@k, NDCG@k, intervals and exposure measures on examples computed by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from serve_app.offline.evaluation import evaluate_lists, format_table, ndcg_at, recall_at
+from serve_app.offline.evaluation import (
+    bootstrap_indices,
+    evaluate_lists,
+    exposure,
+    format_table,
+    gini,
+    interval,
+    ndcg_at,
+    recall_at,
+)
 
 REC = np.array([11, 12, 13, 14, 15])
 
@@ -70,19 +79,49 @@ def test_evaluate_lists_averages_over_users() -> None:
     }
 
 
-def test_format_table_lists_every_method() -> None:
-    methods = {
-        "most_popular": {"ndcg@10": 0.1, "recall@10": 0.2, "recall@50": 0.3},
-        "two_stage": {"ndcg@10": 0.4, "recall@10": 0.5, "recall@50": 0.6},
-    }
+def test_gini_of_equal_exposure_is_zero_and_of_one_item_near_one() -> None:
+    assert gini(np.array([3, 3, 3, 3])) == pytest.approx(0.0)
+    assert gini(np.array([0, 0, 0, 12])) == pytest.approx(0.75)  # (n - 1) / n with n = 4
+    assert gini(np.zeros(5)) == 0.0
+
+
+def test_exposure_counts_coverage_popularity_and_concentration() -> None:
+    lists = [np.array([1, 2]), np.array([1, 3])]
+    percentiles = [np.array([0.995, 0.5]), np.array([0.995, 0.0])]
+    out = exposure(lists, percentiles, n_catalogue=10, k=2)
+    assert out["coverage@10"] == pytest.approx(0.3)
+    assert out["popularity_pct@10"] == pytest.approx((0.995 * 2 + 0.5) / 4)
+    assert out["top1pct_share@10"] == pytest.approx(0.5)
+    assert out["gini@10"] == pytest.approx(gini(np.array([2, 1, 1, 0, 0, 0, 0, 0, 0, 0])))
+
+
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_users() -> None:
+    rng = np.random.default_rng(0)
+    small, large = rng.uniform(size=50), rng.uniform(size=5_000)
+    lo, hi = interval(small, bootstrap_indices(len(small)))
+    assert lo < small.mean() < hi
+    lo2, hi2 = interval(large, bootstrap_indices(len(large)))
+    assert hi2 - lo2 < (hi - lo) / 5
+
+
+def test_format_table_lists_every_method_with_intervals() -> None:
+    def m(v: float) -> dict:
+        out = {}
+        for k in ("ndcg@10", "recall@10", "recall@50"):
+            out[k], out[f"{k}_ci95"] = v, [v - 0.01, v + 0.01]
+        return {**out, "coverage@10": 0.1, "popularity_pct@10": 0.9, "top1pct_share@10": 0.2, "gini@10": 0.8}
+
     table = format_table(
         {
-            "methods": methods,
-            "n_eval_users": 7,
-            "holdout_fraction": 0.2,
+            "protocol": "per_user",
+            "n_users": 7,
+            "seeds": [0, 1, 2],
+            "methods": {"most_popular": m(0.1), "two_stage": m(0.4)},
+            "comparisons": {"two_stage / most_popular, ndcg@10": {"mean": 4.0, "ci95": [3.0, 5.0]}},
             "index": {"kind": "flat", "n": 200, "recall_vs_exact": 1.0, "n_queries": 7},
             "timings_s": {"split": 0.1},
         }
     )
     assert "most_popular" in table and "two_stage" in table
-    assert "0.4000" in table and "7 users" in table
+    assert "0.4000 [0.3900, 0.4100]" in table and "7 test users" in table
+    assert "two_stage / most_popular, ndcg@10: 4.0000 [3.0000, 5.0000]" in table

@@ -86,7 +86,7 @@ def test_retriever_failure_answers_by_popularity_degraded(tiny_bundle):
 
 
 def test_unknown_user_gets_popularity_not_degraded(tiny_bundle):
-    result = run(stages(tiny_bundle, user(found=False, values={}, embedding=None)), user_id=555)
+    result = run(stages(tiny_bundle, user(555, found=False, values={}, embedding=None)), user_id=555)
     assert result.fallback == "unknown_user" and not result.degraded
     top = tiny_bundle.items.item_ids[tiny_bundle.popular_rows[:5]]
     assert result.item_ids.tolist() == top.tolist()

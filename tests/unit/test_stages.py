@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from serve_app.features import model_matrix
+from serve_app.features import model_matrix, retrieval_columns
 from serve_app.stages import fallback
 from serve_app.stages.filters import (
     BlockedItemsFilter,
@@ -17,7 +17,7 @@ from serve_app.stages.filters import (
 )
 from serve_app.stages.rank import rank_batch, score
 from serve_app.stages.retrieve import retrieve_batch
-from tests.unit.conftest import make_bundle, served, user
+from tests.unit.conftest import MODEL_ID, make_bundle, served, user
 
 
 def test_filters_report_what_each_removed_once():
@@ -47,22 +47,54 @@ def test_retrieval_returns_n_unseen_unexcluded_candidates_best_first(tiny_bundle
     np.testing.assert_allclose(got.scores, vectors @ features.embedding, rtol=1e-5)
 
 
-def test_cold_start_reasons():
+def test_cold_start_reasons_for_a_user_the_bundle_has_no_vector_for():
     bundle = make_bundle()
-    unknown = user(found=False, values={}, embedding=None)
-    store_down = user(found=False, values={}, embedding=None, source="none", reason="timeout")
-    no_embedding = user(embedding=None)
-    wrong_dim = user(embedding=np.ones(3, np.float32))
+    unknown = user(77, found=False, values={}, embedding=None)
+    store_down = user(77, found=False, values={}, embedding=None, source="none", reason="timeout")
+    no_embedding = user(77, embedding=None)
+    wrong_dim = user(77, embedding=np.ones(3, np.float32))
+    other_model = user(77, embedding_model="als-newer")
     results = retrieve_batch(
-        served(bundle, filters=()), [(f, 10, ()) for f in (unknown, store_down, no_embedding, wrong_dim)]
+        served(bundle, filters=()),
+        [(f, 10, ()) for f in (unknown, store_down, no_embedding, wrong_dim, other_model)],
     )
     assert [r.fallback for r in results] == [
         "unknown_user",
         "user_features_unavailable",
         "missing_embedding",
         "missing_embedding",
+        "model_mismatch",
     ]
-    assert [r.degraded for r in results] == [False, True, False, False]
+    assert [r.degraded for r in results] == [False, True, False, False, True]
+    assert "als-newer" in results[-1].reason and MODEL_ID in results[-1].reason
+
+
+def test_a_vector_of_another_model_is_replaced_by_the_bundles_own():
+    bundle = make_bundle()
+    own = bundle.users.get(1)
+    newer = user(1, embedding=np.full(8, 9.0, np.float32), embedding_model="als-newer")
+    [got] = retrieve_batch(served(bundle, filters=()), [(newer, 20, ())])
+    [expected] = retrieve_batch(served(bundle, filters=()), [(user(1, embedding=own), 20, ())])
+    assert got.fallback is None and not got.degraded
+    np.testing.assert_array_equal(got.item_ids, expected.item_ids)
+    np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-6)
+
+
+def test_a_vector_of_the_bundles_model_from_the_store_is_preferred():
+    bundle = make_bundle()
+    pushed = user(1, embedding=-bundle.users.get(1))  # e.g. folded in after new events
+    [got] = retrieve_batch(served(bundle, filters=()), [(pushed, 20, ())])
+    rows = bundle.items.rows_of(got.item_ids)
+    vectors = bundle.index.index.reconstruct_n(0, bundle.index.ntotal)[rows]
+    np.testing.assert_allclose(got.scores, vectors @ pushed.embedding, rtol=1e-5)
+
+
+def test_store_down_still_retrieves_with_the_bundles_vector_and_says_degraded():
+    bundle = make_bundle()
+    down = user(2, found=False, values={}, embedding=None, source="none", reason="online store failed: X")
+    [got] = retrieve_batch(served(bundle, filters=()), [(down, 10, ())])
+    assert got.fallback is None and len(got.item_ids) == 10
+    assert got.degraded and got.reason == "online store failed: X"
 
 
 def test_ranking_orders_by_the_model_and_matches_a_direct_call(tiny_bundle):
@@ -73,7 +105,8 @@ def test_ranking_orders_by_the_model_and_matches_a_direct_call(tiny_bundle):
     assert np.all(np.diff(ranked.scores) <= 0)
     rows = tiny_bundle.items.rows_of(cands.item_ids)
     direct = score(
-        tiny_bundle.ranker, model_matrix(features.values, tiny_bundle.items.take(rows), cands.scores)
+        tiny_bundle.ranker,
+        model_matrix(features.values, tiny_bundle.items.take(rows), retrieval_columns(cands.scores)),
     )
     by_id = dict(zip(cands.item_ids.tolist(), direct.tolist(), strict=True))
     np.testing.assert_allclose(ranked.scores, [by_id[i] for i in ranked.item_ids.tolist()], rtol=1e-6)
