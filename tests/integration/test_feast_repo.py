@@ -46,20 +46,19 @@ def _tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     users = pd.concat(
         [  # newest rows first: Feast must choose by event_timestamp, not by position
             feature_tables.user_rows_final(
-                ratings[ratings["user_id"] != 3], items, emb_new, USER_IDS, as_new, NEW_STAMP
+                ratings[ratings["user_id"] != 3], items, emb_new, USER_IDS, "als-new", as_new, NEW_STAMP
             ),
-            feature_tables.user_rows_final(old, items, emb_old, USER_IDS, as_old, OLD_STAMP),
+            feature_tables.user_rows_final(old, items, emb_old, USER_IDS, "als-old", as_old, OLD_STAMP),
         ],
         ignore_index=True,
     )
-    norms = pd.Series(rng.random(len(items)).astype(np.float32), index=items["item_id"])
-    item_rows = pd.concat(
-        [
-            feature_tables.item_rows_as_of(ratings, items, norms * 2, as_new, NEW_STAMP),
-            feature_tables.item_rows_as_of(ratings, items, norms, as_old, OLD_STAMP),
-        ],
-        ignore_index=True,
-    )
+    ids = items["item_id"].to_numpy()
+
+    def item_rows(as_of: int, stamp: pd.Timestamp) -> pd.DataFrame:
+        rows = feature_tables.item_rows_at(ratings, items, ids, np.full(len(ids), as_of))
+        return rows.drop(columns="as_of").assign(event_timestamp=stamp)
+
+    item_rows = pd.concat([item_rows(as_new, NEW_STAMP), item_rows(as_old, OLD_STAMP)], ignore_index=True)
     return users, item_rows
 
 
