@@ -34,7 +34,8 @@ class RecommendResponse(BaseModel):
     degraded: bool = Field(description="True when part of the pipeline failed and the answer is a fallback")
     fallback: str | None = Field(
         description="Why the normal path was not used: unknown_user, missing_embedding, "
-        "user_features_unavailable, retriever_unavailable, ranker_unavailable; null when it was"
+        "user_features_unavailable, model_mismatch, retriever_unavailable, ranker_unavailable; "
+        "null when it was"
     )
     request_id: str
     degraded_reason: str | None = None
