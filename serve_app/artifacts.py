@@ -49,6 +49,13 @@ class ItemIndex:
     def metric_type(self) -> int:
         return faiss.METRIC_INNER_PRODUCT
 
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The item factors at `rows` (n, d), as stored (without the L2 reduction's coordinate)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return np.empty((0, self.d), np.float32)
+        return self.index.reconstruct_batch(rows)[:, : self.d]
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows) of shape (len(queries), k); rows are -1 where there were fewer results."""
         k = max(1, min(k, self.ntotal))

@@ -96,7 +96,10 @@ def cmd_tune(args: argparse.Namespace) -> None:
     grid = json.loads(Path(args.grid).read_text()) if args.grid else DEFAULT_GRID
     if not isinstance(grid, list) or not all(isinstance(g, dict) for g in grid):
         raise ConfigError(f"{args.grid}: expected a JSON list of BuildConfig override objects")
-    results = tune(load_movielens(args.data, strict=args.strict), base, grid, Path(args.repo).resolve())
+    if args.folds < 1:
+        raise ConfigError(f"--folds {args.folds}: use 1 (validation users only) or more")
+    data = load_movielens(args.data, strict=args.strict)
+    results = tune(data, base, grid, Path(args.repo).resolve(), folds=args.folds)
     print(format_results(results))
 
 
@@ -167,6 +170,12 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--strict", action="store_true")
     tune.add_argument("--config", help="JSON file with the base BuildConfig overrides")
     tune.add_argument("--grid", help="JSON list of override objects to try (default: a small built-in grid)")
+    tune.add_argument(
+        "--folds",
+        type=int,
+        default=3,
+        help="cross-validation folds over the ranker and validation users (1: the validation users only)",
+    )
     tune.add_argument("--repo", default=os.environ.get("RECSYS_FEATURE_REPO", str(DEFAULT_REPO)))
     tune.set_defaults(func=cmd_tune)
 

@@ -7,7 +7,9 @@ order is `FEATURE_NAMES`, which the bundle manifest and the XGBoost model record
 The ranker is trained on candidates of the evaluation models and served on those of the bundle's own
 model, so nothing it reads may depend on which ALS model produced it: raw inner products and factor
 norms shift between models (the median top-200 score moved 0.62 -> 0.70 on ml-latest-small), ranks
-and ratios to the user's best score do not. `retrieval_columns` is that model-invariant view.
+and ratios to the user's best score do not, nor do cosine similarities between two items of one
+model. `retrieval_columns` is that model-invariant view, computed where the vectors are (the
+retriever, the evaluation's snapshot models) and handed to the ranker with the candidates.
 """
 
 from __future__ import annotations
@@ -40,11 +42,22 @@ ITEM_FEATURES: tuple[str, ...] = (
     "item_avg_rating",
     "item_category",
 )
-RETRIEVAL_FEATURES: tuple[str, ...] = ("retrieval_rank", "retrieval_score_ratio")
+RETRIEVAL_FEATURES: tuple[str, ...] = (
+    "retrieval_rank",
+    "retrieval_score_ratio",
+    "history_sim_max",  # largest cosine similarity to the user's RECENT_ITEMS latest items
+    "history_sim_last",  # cosine similarity to the user's latest item
+)
+# The user's latest items the candidates are compared with. Both similarities together raised the
+# ranker's NDCG@10 gain over retrieval-only from +0.005 to +0.011 in a 3-fold cross-validation over
+# ml-latest-small's ranker and validation users (never the test users); see design.md section 3.
+RECENT_ITEMS = 10
 
 FEATURE_NAMES: tuple[str, ...] = (
     "retrieval_rank",
     "retrieval_score_ratio",
+    "history_sim_max",
+    "history_sim_last",
     "user_log_interactions",
     "user_days_since_last",
     "user_avg_rating",
@@ -109,15 +122,38 @@ def _category_share(shares: Any, category: np.ndarray) -> np.ndarray:
     return out
 
 
-def retrieval_columns(scores: np.ndarray) -> dict[str, np.ndarray]:
-    """RETRIEVAL_FEATURES of one user's candidates, given their retrieval scores best first.
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    v = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
 
-    The ratio to the best score is NaN when that score is not positive (no scale to compare with).
+
+def retrieval_columns(
+    scores: np.ndarray, candidates: np.ndarray, recent: np.ndarray
+) -> dict[str, np.ndarray]:
+    """RETRIEVAL_FEATURES of one user's candidates.
+
+    `scores` are the retrieval scores, best first; `candidates` the candidates' item vectors (n, d)
+    and `recent` the vectors of the user's latest items (m, d), oldest first, m <= RECENT_ITEMS, of
+    the same model. The ratio to the best score is NaN when that score is not positive (no scale to
+    compare with); the similarities are NaN when the user has no recent item.
     """
     s = np.asarray(scores, dtype=np.float64)
-    top = s[0] if len(s) else np.nan
-    ratio = s / top if top > 0 else np.full(len(s), np.nan)
-    return {"retrieval_rank": np.arange(len(s), dtype=np.float64), "retrieval_score_ratio": ratio}
+    n = len(s)
+    top = s[0] if n else np.nan
+    ratio = s / top if top > 0 else np.full(n, np.nan)
+    recent = np.asarray(recent)[-RECENT_ITEMS:]
+    if n and len(recent):
+        sims = _unit(candidates) @ _unit(recent).T
+        sim_max, sim_last = sims.max(axis=1), sims[:, -1]
+    else:
+        sim_max = sim_last = np.full(n, np.nan)
+    return {
+        "retrieval_rank": np.arange(n, dtype=np.float64),
+        "retrieval_score_ratio": ratio,
+        "history_sim_max": sim_max,
+        "history_sim_last": sim_last,
+    }
 
 
 def model_matrix(
@@ -137,6 +173,8 @@ def model_matrix(
     columns = (
         rank,
         _column(retrieval["retrieval_score_ratio"], n),
+        _column(retrieval["history_sim_max"], n),
+        _column(retrieval["history_sim_last"], n),
         np.log1p(u["user_n_interactions"]),
         u["user_days_since_last"],
         u["user_avg_rating"],

@@ -23,7 +23,7 @@ from feast import FeatureStore
 from serve_app import bundle as bundle_mod
 from serve_app.artifacts import History, UserVectors
 from serve_app.config import BuildConfig
-from serve_app.features import ITEM_FEATURES, retrieval_columns
+from serve_app.features import ITEM_FEATURES
 from serve_app.offline import feast_ops, protocol
 from serve_app.offline.data import Interactions
 from serve_app.offline.embeddings import Embeddings, fold_in_users, train_als
@@ -33,7 +33,7 @@ from serve_app.offline.sources import served_item_rows, serving_stamp, write_fea
 from serve_app.offline.split import Group, TemporalSplit, temporal_split
 from serve_app.offline.strict import default_snapshots
 from serve_app.stages.filters import FilterContext, SeenFilter
-from serve_app.stages.retrieve import retrieve
+from serve_app.stages.retrieve import candidate_features, retrieve
 
 
 @dataclass
@@ -62,23 +62,22 @@ def ranker_input_shift(
         for u in users
     ]
     found = retrieve(index, served.user_factors[served.user_rows(users)], n, [SeenFilter()], contexts)
-    scores = [c.scores for c, _ in found]
-    ratios = (
-        np.concatenate([retrieval_columns(s)["retrieval_score_ratio"] for s in scores])
-        if scores
-        else np.empty(0)
-    )
+    columns = [
+        candidate_features(index, c, ctx.seen_rows) for (c, _), ctx in zip(found, contexts, strict=True)
+    ]
     ev = runs[0].frame[runs[0].frame["user_id"].isin(split.test_users)]
-    return {
-        "median_retrieval_score": {
-            "evaluation_models": float(np.median(ev["retrieval_score"])) if len(ev) else None,
-            "served_model": float(np.median(np.concatenate(scores))) if scores else None,
-        },
-        "median_retrieval_score_ratio (ranker input)": {
-            "evaluation_models": float(np.nanmedian(ev["retrieval_score_ratio"])) if len(ev) else None,
-            "served_model": float(np.nanmedian(ratios)) if len(ratios) else None,
-        },
-    }
+
+    def medians(name: str, served_values: list[np.ndarray]) -> dict:
+        both = np.concatenate(served_values) if served_values else np.empty(0)
+        return {
+            "evaluation_models": float(np.nanmedian(ev[name])) if len(ev) else None,
+            "served_model": float(np.nanmedian(both)) if len(both) else None,
+        }
+
+    shift = {"median_retrieval_score": medians("retrieval_score", [c.scores for c, _ in found])}
+    for name in ("retrieval_score_ratio", "history_sim_max", "history_sim_last"):
+        shift[f"median_{name} (ranker input)"] = medians(name, [c[name] for c in columns])
+    return shift
 
 
 def _history(ratings: pd.DataFrame, emb: Embeddings) -> History:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from serve_app.artifacts import ItemIndex
 from serve_app.config import BuildConfig
-from serve_app.features import retrieval_columns
+from serve_app.features import RECENT_ITEMS, RETRIEVAL_FEATURES, retrieval_columns
 from serve_app.fold_in import confidence, fold_in, gram
 from serve_app.offline.embeddings import Embeddings, train_als
 from serve_app.offline.index import build_index
@@ -104,7 +104,8 @@ def user_queries(
 
 def candidates(queries: list[UserQuery], n: int) -> pd.DataFrame:
     """Top-n unseen items per user from their snapshot's index, with the model-invariant retrieval
-    features. Columns: user_id, item_id, retrieval_rank, retrieval_score_ratio, retrieval_score."""
+    features (from the snapshot's own factors, as the retriever computes them from its index).
+    Columns: user_id, item_id, the RETRIEVAL_FEATURES, retrieval_score."""
     parts = []
     by_model: dict[int, list[UserQuery]] = {}
     for q in queries:
@@ -115,7 +116,8 @@ def candidates(queries: list[UserQuery], n: int) -> pd.DataFrame:
         contexts = [FilterContext(q.user_id, q.seen_rows, EMPTY) for q in group]
         found = retrieve(model.index, np.stack([q.vector for q in group]), n, [SeenFilter()], contexts)
         for q, (cands, _) in zip(group, found, strict=True):
-            cols = retrieval_columns(cands.scores)
+            factors = model.emb.item_factors
+            cols = retrieval_columns(cands.scores, factors[cands.rows], factors[q.seen_rows[-RECENT_ITEMS:]])
             parts.append(
                 pd.DataFrame(
                     {
@@ -126,5 +128,5 @@ def candidates(queries: list[UserQuery], n: int) -> pd.DataFrame:
                     }
                 )
             )
-    columns = ["user_id", "item_id", "retrieval_rank", "retrieval_score_ratio", "retrieval_score"]
+    columns = ["user_id", "item_id", *RETRIEVAL_FEATURES, "retrieval_score"]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)

@@ -14,6 +14,8 @@ from serve_app.features import model_matrix, retrieval_columns
 from serve_app.stages.scored import EMPTY_SCORES, Scored
 from serve_app.stages.user_features import UserFeatureResult
 
+EMPTY_VECTORS = np.empty((0, 0), np.float32)  # no vectors came with the candidates: NaN similarities
+
 
 def score(booster: xgb.Booster, matrix: np.ndarray) -> np.ndarray:
     return np.asarray(booster.inplace_predict(matrix, validate_features=False), dtype=np.float32)
@@ -27,10 +29,14 @@ def rank_batch(bundle: Bundle, requests: Sequence[tuple[UserFeatureResult, Score
         rows = bundle.items.rows_of(cands.item_ids)
         if len(rows) != len(cands.item_ids):  # candidates from another bundle version: keep known ones
             known = np.isin(cands.item_ids, bundle.items.item_ids)
-            cands = replace(cands, item_ids=cands.item_ids[known], scores=cands.scores[known])
-        matrices.append(
-            model_matrix(features.values, bundle.items.take(rows), retrieval_columns(cands.scores))
-        )
+            cands = replace(
+                cands,
+                item_ids=cands.item_ids[known],
+                scores=cands.scores[known],
+                features={k: v[known] for k, v in cands.features.items()},
+            )
+        retrieval = cands.features or retrieval_columns(cands.scores, EMPTY_VECTORS, EMPTY_VECTORS)
+        matrices.append(model_matrix(features.values, bundle.items.take(rows), retrieval))
         spans.append(cands)
     scores = score(bundle.ranker, np.vstack(matrices)) if matrices else EMPTY_SCORES
     out, offset = [], 0
@@ -44,6 +50,7 @@ def rank_batch(bundle: Bundle, requests: Sequence[tuple[UserFeatureResult, Score
                 cands,
                 item_ids=cands.item_ids[order],
                 scores=s[order],
+                features={},
                 bundle_version=bundle.version,
                 timings_ms={**cands.timings_ms, "rank": elapsed},
             )

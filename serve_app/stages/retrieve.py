@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from serve_app.artifacts import ItemIndex
+from serve_app.features import RECENT_ITEMS, retrieval_columns
 from serve_app.stages import fallback
 from serve_app.stages.filters import Filter, FilterContext, apply_filters, exclusion_budget
 from serve_app.stages.scored import Scored
@@ -70,6 +71,12 @@ def query_vector(features: UserFeatureResult, bundle: Bundle) -> tuple[np.ndarra
     return (own, None) if own is not None else (None, reason)
 
 
+def candidate_features(index: ItemIndex, cands: Candidates, seen_rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The ranker's retrieval inputs, from the index's own vectors (the same model as the scores)."""
+    recent = seen_rows[seen_rows >= 0][-RECENT_ITEMS:]
+    return retrieval_columns(cands.scores, index.vectors(cands.rows), index.vectors(recent))
+
+
 def retrieve_batch(
     served: Served, requests: Sequence[tuple[UserFeatureResult, int, Sequence[int]]]
 ) -> list[Scored]:
@@ -93,7 +100,7 @@ def retrieve_batch(
         contexts = [served.context(requests[i][0].user_id, tuple(requests[i][2])) for i in todo]
         n = max(requests[i][1] for i in todo)
         results = retrieve(bundle.index, queries, n, served.filters, contexts)
-        for i, (cands, report) in zip(todo, results, strict=True):
+        for i, ctx, (cands, report) in zip(todo, contexts, results, strict=True):
             c = cands.head(requests[i][1])
             f = requests[i][0]
             out[i] = Scored(
@@ -103,6 +110,7 @@ def retrieve_batch(
                 report,
                 degraded=f.degraded,
                 reason=f.reason,
+                features=candidate_features(bundle.index, c, ctx.seen_rows),
             )
     elapsed = (time.perf_counter() - start) * 1000
     return [replace(s, timings_ms={"retrieve": elapsed}) for s in out if s is not None]

@@ -22,6 +22,9 @@ class Scored:
     timings_ms: dict[str, float] = field(default_factory=dict)  # compute time of each stage so far
     degraded: bool = False  # built from partial information (stale cache, a failed stage)
     reason: str | None = None  # what degraded it
+    # Per-candidate inputs of the ranker computed where the vectors are (features.RETRIEVAL_FEATURES),
+    # aligned with item_ids; empty once the ranker has reordered the list.
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, bundle_version: str, **why: object) -> Scored:

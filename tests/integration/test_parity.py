@@ -13,6 +13,7 @@ from feast import FeatureStore
 from serve_app.bundle import Bundle, load_bundle
 from serve_app.features import (
     FEATURE_NAMES,
+    RECENT_ITEMS,
     USER_EMBEDDING,
     USER_EMBEDDING_MODEL,
     USER_FEATURES,
@@ -22,7 +23,7 @@ from serve_app.features import (
 from serve_app.offline import feast_ops
 from serve_app.offline.training import matrix_from_frame
 from serve_app.stages.filters import FilterContext, SeenFilter
-from serve_app.stages.retrieve import Candidates, retrieve
+from serve_app.stages.retrieve import Candidates, candidate_features, retrieve
 
 N_CANDIDATES = 60
 pytestmark = pytest.mark.slow  # they share the session's real build (`built`)
@@ -71,7 +72,10 @@ def training_matrix(store: FeatureStore, bundle: Bundle, user_id: int, cands: Ca
         }
     )
     frame = feast_ops.historical_features(store, entities)
-    for name, values in retrieval_columns(cands.scores).items():
+    # As offline/strict.py computes them: from the model's factor matrix and the user's history.
+    factors = bundle.index.vectors(np.arange(bundle.index.ntotal))
+    recent = factors[bundle.history.seen(user_id)[-RECENT_ITEMS:]]
+    for name, values in retrieval_columns(cands.scores, factors[cands.rows], recent).items():
         frame[name] = values
     return matrix_from_frame(frame)
 
@@ -92,13 +96,14 @@ def test_training_and_serving_paths_give_identical_matrices(
         serving = model_matrix(
             {name: online[name] for name in USER_FEATURES},
             bundle.items.take(cands.rows),
-            retrieval_columns(cands.scores),
+            candidate_features(bundle.index, cands, bundle.history.seen(user_id)),
         )
         training = training_matrix(store, bundle, user_id, cands)
         assert serving.shape == training.shape == (N_CANDIDATES, len(FEATURE_NAMES))
         np.testing.assert_array_equal(serving, training, err_msg=f"user {user_id}")
         # The matrices carry information: a user with history has a known category share somewhere.
         assert np.isfinite(serving[:, FEATURE_NAMES.index("user_item_category_share")]).any()
+        assert np.isfinite(serving[:, FEATURE_NAMES.index("history_sim_max")]).all()
 
 
 def test_historical_item_features_after_the_build_equal_the_bundle_snapshot(

@@ -11,6 +11,7 @@ import pytest
 from serve_app.features import (
     FEATURE_NAMES,
     ITEM_FEATURES,
+    RECENT_ITEMS,
     USER_FEATURES,
     model_matrix,
     retrieval_columns,
@@ -34,7 +35,10 @@ ITEMS: dict[str, np.ndarray] = {
     "item_category": np.array([0.0, 2.0, -1.0, 7.0, np.nan]),
 }
 SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.5], dtype=np.float32)
-RETRIEVAL = retrieval_columns(SCORES)
+CANDIDATES = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0], [0.0, 0.0]], np.float32)
+RECENT = np.array([[0.0, 2.0], [3.0, 0.0]], np.float32)  # oldest first: the latest is along x
+NO_VECTORS = np.empty((0, 2), np.float32)
+RETRIEVAL = retrieval_columns(SCORES, CANDIDATES, RECENT)
 N = len(SCORES)
 
 
@@ -171,12 +175,25 @@ def test_single_per_row_share_vector_for_many_candidates_raises_value_error() ->
 
 def test_retrieval_columns_do_not_depend_on_the_models_score_scale() -> None:
     # Two models that order the same candidates alike but score on different scales give one input.
-    a, b = retrieval_columns(SCORES), retrieval_columns(SCORES * 3.7)
-    np.testing.assert_array_equal(a["retrieval_rank"], b["retrieval_rank"])
-    np.testing.assert_allclose(a["retrieval_score_ratio"], b["retrieval_score_ratio"], rtol=1e-6)
+    # Likewise item vectors scaled by a model: cosine similarities do not move.
+    a = retrieval_columns(SCORES, CANDIDATES, RECENT)
+    b = retrieval_columns(SCORES * 3.7, CANDIDATES * 5.0, RECENT * 0.2)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6)
 
 
-def test_retrieval_ratio_is_missing_when_the_best_score_is_not_positive() -> None:
-    cols = retrieval_columns(np.array([0.0, -0.5], np.float32))
+def test_history_similarities_are_the_best_and_the_latest_cosine() -> None:
+    r = 1 / np.sqrt(2)
+    np.testing.assert_allclose(RETRIEVAL["history_sim_max"], [1.0, 1.0, r, 0.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(RETRIEVAL["history_sim_last"], [1.0, 0.0, r, -1.0, 0.0], atol=1e-7)
+    # Only the RECENT_ITEMS latest count: an older perfect match is forgotten.
+    old_match = np.vstack([CANDIDATES[3:4], np.tile(RECENT[-1], (RECENT_ITEMS, 1))])
+    assert retrieval_columns(SCORES, CANDIDATES, old_match)["history_sim_max"][3] == -1.0
+
+
+def test_retrieval_ratio_and_similarities_are_missing_without_a_scale_or_a_history() -> None:
+    cols = retrieval_columns(np.array([0.0, -0.5], np.float32), CANDIDATES[:2], NO_VECTORS)
     assert np.isnan(cols["retrieval_score_ratio"]).all()
-    assert retrieval_columns(np.empty(0, np.float32))["retrieval_rank"].shape == (0,)
+    assert np.isnan(cols["history_sim_max"]).all() and np.isnan(cols["history_sim_last"]).all()
+    empty = retrieval_columns(np.empty(0, np.float32), NO_VECTORS, RECENT)
+    assert all(v.shape == (0,) for v in empty.values())

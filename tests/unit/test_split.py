@@ -128,3 +128,17 @@ def test_global_protocol_cuts_everyone_at_one_time(ratings: pd.DataFrame) -> Non
     assert (split.holdout["ts"] >= cut).all() and (split.history()["ts"] < cut).all()
     for u in split.users:  # each split user has a past to personalise from and a future to check
         assert (split.history()["user_id"] == u).any() and (split.holdout["user_id"] == u).any()
+
+
+def test_tuning_folds_cover_every_non_test_user_once_and_never_a_test_user(ratings: pd.DataFrame) -> None:
+    from serve_app.offline.tune import cv_folds
+
+    split = temporal_split(ratings, valid_fraction=0.2)
+    pool = np.concatenate([split.ranker_users, split.valid_users])
+    folds = cv_folds(split, 3, seed=0)
+    held = np.concatenate([f.valid_users for f in folds])
+    assert sorted(held.tolist()) == sorted(pool.tolist())
+    for fold in folds:
+        assert not np.intersect1d(fold.ranker_users, fold.valid_users).size
+        assert sorted(np.concatenate([fold.ranker_users, fold.valid_users]).tolist()) == sorted(pool.tolist())
+        np.testing.assert_array_equal(fold.test_users, split.test_users)

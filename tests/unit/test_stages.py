@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from serve_app.features import model_matrix, retrieval_columns
+from serve_app.features import RECENT_ITEMS, model_matrix, retrieval_columns
 from serve_app.stages import fallback
 from serve_app.stages.filters import (
     BlockedItemsFilter,
@@ -104,10 +104,11 @@ def test_ranking_orders_by_the_model_and_matches_a_direct_call(tiny_bundle):
     assert sorted(ranked.item_ids.tolist()) == sorted(cands.item_ids.tolist())
     assert np.all(np.diff(ranked.scores) <= 0)
     rows = tiny_bundle.items.rows_of(cands.item_ids)
-    direct = score(
-        tiny_bundle.ranker,
-        model_matrix(features.values, tiny_bundle.items.take(rows), retrieval_columns(cands.scores)),
-    )
+    vectors = tiny_bundle.index.index.reconstruct_n(0, tiny_bundle.index.ntotal)
+    recent = vectors[tiny_bundle.history.seen(features.user_id)[-RECENT_ITEMS:]]
+    retrieval = retrieval_columns(cands.scores, vectors[rows], recent)
+    assert np.isfinite(retrieval["history_sim_max"]).all()
+    direct = score(tiny_bundle.ranker, model_matrix(features.values, tiny_bundle.items.take(rows), retrieval))
     by_id = dict(zip(cands.item_ids.tolist(), direct.tolist(), strict=True))
     np.testing.assert_allclose(ranked.scores, [by_id[i] for i in ranked.item_ids.tolist()], rtol=1e-6)
     assert set(ranked.timings_ms) == {"retrieve", "rank"}
@@ -133,9 +134,12 @@ def test_ranker_on_another_bundle_version_keeps_only_items_it_knows(tiny_bundle)
         cands,
         item_ids=np.concatenate([cands.item_ids, [999_999]]),
         scores=np.concatenate([cands.scores, [0.1]]).astype(np.float32),
+        features={k: np.append(v, 0.5) for k, v in cands.features.items()},
     )
     [ranked] = rank_batch(tiny_bundle, [(features, foreign)])
     assert 999_999 not in ranked.item_ids and len(ranked.item_ids) == 20
+    [same] = rank_batch(tiny_bundle, [(features, cands)])  # the known items keep their inputs
+    np.testing.assert_allclose(ranked.scores, same.scores, rtol=1e-6)
 
 
 def test_popularity_fallback_applies_the_same_filters(tiny_bundle):
