@@ -29,7 +29,12 @@ from serve_app.offline.data import Interactions
 from serve_app.offline.embeddings import Embeddings, fold_in_users, train_als
 from serve_app.offline.evaluation import format_table
 from serve_app.offline.index import build_index, index_recall
-from serve_app.offline.sources import served_item_rows, serving_stamp, write_feature_sources
+from serve_app.offline.sources import (
+    served_item_rows,
+    serving_stamp,
+    training_features,
+    write_feature_sources,
+)
 from serve_app.offline.split import Group, TemporalSplit, temporal_split
 from serve_app.offline.strict import default_snapshots
 from serve_app.stages.filters import FilterContext, SeenFilter
@@ -132,7 +137,7 @@ def evaluate_on(
     store = FeatureStore(repo_path=str(repo))
     feast_ops.check_feature_service(store)
     with timer.step("point-in-time features (get_historical_features)"):
-        runs = protocol.with_features(runs, lambda frame: feast_ops.historical_features(store, frame))
+        runs = protocol.with_features(runs, lambda frame: training_features(store, data, frame))
     with timer.step("rankers and evaluation"):
         evaluation, boosters, infos = protocol.evaluate(split, runs, cfg, group, len(data.items))
     return Evaluated(split, runs, evaluation, boosters, infos, n_snapshots)

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Collection
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from feast import FeatureStore
 
 from serve_app.errors import ConfigError
 from serve_app.features import FEATURE_SERVICE, ITEM_FEATURES, USER_FEATURES
+
+USER_VIEW, ITEM_VIEW = "user_features", "item_features"  # feature_repo/definitions.py
 
 
 def feast_cli(repo: Path, *args: str) -> str:
@@ -45,7 +48,7 @@ def last_materialized(repo: Path) -> pd.Timestamp | None:
     if not (repo / "data" / "registry.db").exists():
         return None
     try:
-        end = FeatureStore(repo_path=str(repo)).get_feature_view("user_features").most_recent_end_time
+        end = FeatureStore(repo_path=str(repo)).get_feature_view(USER_VIEW).most_recent_end_time
     except Exception:  # no registry entry yet: nothing was materialized
         return None
     if end is None:
@@ -65,11 +68,13 @@ def check_feature_service(store: FeatureStore) -> None:
         )
 
 
-def historical_features(store: FeatureStore, entities: pd.DataFrame) -> pd.DataFrame:
+def historical_features(
+    store: FeatureStore, entities: pd.DataFrame, views: Collection[str] | None = None
+) -> pd.DataFrame:
     """Ranker features for (user_id, item_id, event_timestamp) rows, as of each row's timestamp.
 
-    Returns one row per input row, in input order, with the FeatureService's features as columns
-    (NaN where no value was known yet at that row's time).
+    Returns one row per input row, in input order, with the FeatureService's features (of `views`
+    only, when given) as columns (NaN where no value was known yet at that row's time).
     Feast's file (Dask) offline store de-duplicates each view's join on that view's join keys plus
     the timestamp, which collapses many (user, item) rows sharing a user and time into one. So each
     view of the service is fetched with its own unique entity rows and merged back here by key.
@@ -77,6 +82,8 @@ def historical_features(store: FeatureStore, entities: pd.DataFrame) -> pd.DataF
     service = store.get_feature_service(FEATURE_SERVICE)
     out = entities[["user_id", "item_id", "event_timestamp"]].reset_index(drop=True)
     for projection in service.feature_view_projections:
+        if views is not None and projection.name not in views:
+            continue
         view = store.get_feature_view(projection.name)
         keys = [column.name for column in view.entity_columns]
         refs = [f"{projection.name_to_use()}:{feature.name}" for feature in projection.features]

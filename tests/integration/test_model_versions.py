@@ -20,9 +20,9 @@ from feast import FeatureStore
 
 from serve_app.bundle import load_bundle
 from serve_app.config import SERVING_DEFAULTS, BuildConfig
-from serve_app.offline import feast_ops
 from serve_app.offline.build import build
 from serve_app.offline.data import load_movielens
+from serve_app.offline.sources import training_features
 from serve_app.offline.synth import SynthSpec, generate, write_movielens
 from serve_app.request_flow import in_process_flow
 from serve_app.stages.scored import Scored
@@ -146,7 +146,7 @@ def test_a_future_dated_row_reaches_no_training_feature(tmp_path: Path) -> None:
     at = pd.Timestamp(YEAR_2100 - 1, unit="s", tz="UTC")
     items = movies["movieId"].to_numpy()
     entities = pd.DataFrame({"user_id": NEW_USER, "item_id": items, "event_timestamp": at})
-    frame = feast_ops.historical_features(FeatureStore(repo_path=str(repo)), entities)
+    frame = training_features(FeatureStore(repo_path=str(repo)), load_movielens(data), entities)
     assert (frame["user_n_interactions"] == 4).all(), "the user's features count only what came before"
     before = log[log["timestamp"] < YEAR_2100]["movieId"].value_counts()
     known = frame["item_popularity"].notna().to_numpy()
