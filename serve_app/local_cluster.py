@@ -3,6 +3,11 @@
 The head runs as `ray start --head --block` in its own session; everything Ray starts for it (GCS,
 raylet, dashboard, workers) descends from that one process, so `stop` ends exactly that process tree
 and nothing else Ray may be running on the machine.
+
+Ray's token authentication is on (`RAY_AUTH_MODE=token`): each head gets a fresh 256-bit token in a
+0600 file next to its state (`RAY_AUTH_TOKEN_PATH`), which `ray start`, `serve deploy` and every
+process of the cluster read; calls to the dashboard's REST API carry it as a bearer token. Without
+it, anyone who reaches one of the cluster's ports could submit a job and run code.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -35,14 +41,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {
+def _env(extra: dict[str, str] | None = None, token_path: str | None = None) -> dict[str, str]:
+    env = {
         **os.environ,
         **(extra or {}),
-        "RAY_AUTH_MODE": "disabled",
+        "RAY_AUTH_MODE": "token",
         "RAY_USAGE_STATS_ENABLED": "0",
         "FEAST_DISABLE_USAGE": "1",
     }
+    if token_path is not None:
+        env.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the cluster's own file
+        env["RAY_AUTH_TOKEN_PATH"] = token_path
+    return env
+
+
+def new_token_file(path: Path) -> Path:
+    """A fresh random token (what `ray get-auth-token --generate` makes), readable by this user only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+def auth_headers(state: dict) -> dict[str, str]:
+    """The bearer header the dashboard's REST API requires from clients of this head."""
+    return {"Authorization": f"Bearer {Path(state['token_path']).read_text().strip()}"}
 
 
 def _alive(state: dict) -> bool:
@@ -69,6 +94,7 @@ def start_head(
         Path(tempfile.gettempdir()) / f"recsys-ray-{hashlib.sha1(str(state_file).encode()).hexdigest()[:8]}"
     )
     state_file.parent.mkdir(parents=True, exist_ok=True)
+    token = new_token_file(state_file.with_name(f"{state_file.stem}.token"))
     log = (state_file.parent / "ray-head.log").open("w")
     proc = subprocess.Popen(
         [
@@ -87,7 +113,7 @@ def start_head(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=_env(env),
+        env=_env(env, str(token)),
         start_new_session=True,
         cwd=ROOT,
     )
@@ -97,6 +123,7 @@ def start_head(
         "dashboard": f"http://127.0.0.1:{dashboard}",
         "temp_dir": str(temp_dir),
         "throughput_optimized": throughput_optimized,
+        "token_path": str(token),
     }
     state_file.write_text(json.dumps(state))
     deadline = time.monotonic() + 120
@@ -104,7 +131,8 @@ def start_head(
         if proc.poll() is not None:
             raise RuntimeError(f"ray start exited with {proc.returncode}; see {log.name}")
         try:
-            if httpx.get(f"{state['dashboard']}/api/version", timeout=2).status_code == 200:
+            answer = httpx.get(f"{state['dashboard']}/api/version", headers=auth_headers(state), timeout=2)
+            if answer.status_code == 200:
                 return state
         except httpx.HTTPError:
             pass
@@ -123,7 +151,7 @@ def deploy(state: dict, config: Path, http_port: int | None = None) -> Path:
     subprocess.run(
         [str(BIN / "serve"), "deploy", str(config), "--address", state["dashboard"]],
         check=True,
-        env=_env(),
+        env=_env(token_path=state["token_path"]),
         cwd=ROOT,
     )
     return config
@@ -135,7 +163,9 @@ def wait_healthy(base_url: str, state: dict, timeout_s: float = 300, app: str = 
     status = "unknown"
     while time.monotonic() < deadline:
         try:
-            details = httpx.get(f"{state['dashboard']}/api/serve/applications/", timeout=5).json()
+            details = httpx.get(
+                f"{state['dashboard']}/api/serve/applications/", headers=auth_headers(state), timeout=5
+            ).json()
             info = details.get("applications", {}).get(app, {})
             status = info.get("status", "NOT_STARTED")
             if status == "DEPLOY_FAILED":
@@ -155,7 +185,9 @@ def http_ports(state: dict, app: str = "recsys") -> list[int]:
     load balancer to find them; otherwise the proxies'. Only the port is used: Serve publishes the
     node's primary IP, while the replica binds to http_options.host (127.0.0.1 in our configs).
     """
-    details = httpx.get(f"{state['dashboard']}/api/serve/applications/", timeout=10).json()
+    details = httpx.get(
+        f"{state['dashboard']}/api/serve/applications/", headers=auth_headers(state), timeout=10
+    ).json()
     return [
         int(t["port"])
         for group in details.get("target_groups", [])
@@ -182,6 +214,8 @@ def stop(state_file: Path = STATE) -> bool:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
     state_file.unlink(missing_ok=True)
+    if state.get("token_path"):
+        Path(state["token_path"]).unlink(missing_ok=True)
     return bool(tree)
 
 

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from serve_app.local_cluster import new_token_file
+
 ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray's token auth stays on in tests too: ray.init and the heads of serve_app.local_cluster read a
+# token file (each head makes its own); this one serves the session's in-process clusters.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.pop("RAY_AUTH_TOKEN", None)
+_TOKEN_DIR = tempfile.mkdtemp(prefix="recsys-test-ray-")
+atexit.register(shutil.rmtree, _TOKEN_DIR, True)
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(new_token_file(Path(_TOKEN_DIR) / "auth_token"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("FEAST_DISABLE_USAGE", "1")
 

@@ -46,7 +46,7 @@ def test_bench_writes_json_png_and_summary_for_all_three_targets(built, tmp_path
         "--debug-fraction",
         "0.5",  # enough debug-sampled answers in 1.5 s to aggregate stage timings
     ]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     env["FEAST_DISABLE_USAGE"] = "1"
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

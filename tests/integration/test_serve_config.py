@@ -85,11 +85,21 @@ def test_serve_deploy_against_a_head_started_here(built, tmp_path):
             == json.loads((built.bundle / "manifest.json").read_text())["version"]
         )
         assert blocked not in answer_ids(port, user_id=1)
+        # With the app's proxy and replicas up, still nothing answers a caller without the token.
+        audit = local_cluster_audit(state)
+        assert not [a for a in audit if a[1] == "open"], audit
+        assert any(s.process.startswith("ray::ServeReplica") for s, kind, _ in audit if kind == "refused")
         assert_in_place_rollout(state, port, built, tmp_path, with_rule, blocked)
         assert_overload_is_refused_fast(state, port, tmp_path)
     finally:
         assert local_cluster.stop(state_file)
     assert not state_file.exists()
+
+
+def local_cluster_audit(state: dict) -> list:
+    from serve_app.cluster_audit import audit
+
+    return audit(state["pid"])
 
 
 def assert_overload_is_refused_fast(state: dict, port: int, tmp_path) -> None:

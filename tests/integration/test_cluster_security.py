@@ -1,0 +1,68 @@
+"""A head started the way `make run` starts it answers no one without its token.
+
+Ray binds most of its ports beyond loopback whatever we ask (serve_app/cluster_audit.py), so the
+token is the guard: these tests call the dashboard's job API, and every listening socket of the
+cluster, as a stranger without it.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_app import cluster_audit, local_cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+# Ray's Prometheus exporters: read-only, unauthenticated, bound to all interfaces by Ray itself.
+METRICS_EXPORTERS = {"dashboard.py", "monitor.py", "ray::DashboardAgent"}
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory):
+    state_file = tmp_path_factory.mktemp("secure") / "cluster.json"
+    state = local_cluster.start_head(state_file)
+    try:
+        yield state
+    finally:
+        local_cluster.stop(state_file)
+    assert not Path(state["token_path"]).exists(), "make stop leaves no token behind"
+
+
+def test_the_job_api_refuses_callers_without_the_token(head: dict) -> None:
+    jobs = f"{head['dashboard']}/api/jobs/"
+    assert httpx.get(jobs, timeout=10).status_code == 401
+    submit = httpx.post(jobs, json={"entrypoint": "touch /tmp/recsys-owned"}, timeout=10)
+    assert submit.status_code == 401, submit.text
+    wrong = httpx.get(jobs, headers={"Authorization": f"Bearer {'0' * 64}"}, timeout=10)
+    assert wrong.status_code == 403
+    assert httpx.get(jobs, headers=local_cluster.auth_headers(head), timeout=10).status_code == 200
+
+
+def test_each_head_has_its_own_private_token(head: dict, tmp_path: Path) -> None:
+    path = Path(head["token_path"])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    token = path.read_text()
+    assert len(token) == 64 and int(token, 16) >= 0
+    other = local_cluster.new_token_file(tmp_path / "other.token").read_text()
+    assert other != token
+
+
+def test_no_socket_of_the_cluster_answers_a_caller_without_the_token(head: dict) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the raylet and the agents come up after the dashboard
+        found = cluster_audit.listeners(head["pid"])
+        names = {s.process for s in found}
+        if {"raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names:
+            break
+        time.sleep(1)
+    results = cluster_audit.audit(head["pid"])
+    report = "\n".join(f"{s} {kind} {detail}" for s, kind, detail in results)
+    assert not [r for r in results if r[1] == "open"], report
+    assert {s.process for s, kind, _ in results if kind == "metrics"} <= METRICS_EXPORTERS, report
+    refused = {s.process for s, kind, _ in results if kind == "refused"}
+    # Checked, not assumed: the GCS and the raylet refuse gRPC calls without the token.
+    assert {"gcs_server", "raylet"} <= refused, report
