@@ -61,10 +61,12 @@ def plot(report: dict, path: Path) -> None:
     cats = report["catalogues"]
     fig, axes = plt.subplots(1, max(1, len(cats)), figsize=(7 * max(1, len(cats)), 5.5), squeeze=False)
     for ax, (name, cat) in zip(axes[0], cats.items(), strict=False):
+        plotted = False
         for target, data in cat["targets"].items():
             for mode, marker, fill in (("closed", "o", "full"), ("open", "s", "none")):
                 lvs = [lv for lv in data.get("levels", []) if lv["mode"] == mode and lv["latency_ms"]["p50"]]
                 lvs.sort(key=lambda lv: lv["value"])
+                plotted = plotted or bool(lvs)
                 x = [lv["throughput_rps"] for lv in lvs]
                 for pct, style in (("p50", "-"), ("p99", "--")):
                     y = [lv["latency_ms"][pct] for lv in lvs]
@@ -72,7 +74,11 @@ def plot(report: dict, path: Path) -> None:
                 for lv in lvs:  # which load level each point is: offered rate or concurrency
                     ax.annotate(_label(lv), (lv["throughput_rps"], lv["latency_ms"]["p99"]), fontsize=6)
         ax.axhline(P99_SLO_MS, color="black", linewidth=0.8, alpha=0.5)
-        ax.set(xscale="log", yscale="log", xlabel="throughput (2xx req/s)", ylabel="latency (ms)")
+        ax.set(xlabel="throughput (2xx req/s)", ylabel="latency (ms)")
+        if plotted:  # a log axis needs a positive value; every target may have failed
+            ax.set(xscale="log", yscale="log")
+        else:
+            ax.text(0.5, 0.5, "no target answered (see summary.md)", ha="center", transform=ax.transAxes)
         ax.set_title(f"{name} ({cat.get('n_items') or 0:,} items)")
         ax.grid(True, which="both", alpha=0.3)
         handles = [Line2D([], [], color=COLORS[t], label=t) for t in TARGETS if t in cat["targets"]]
