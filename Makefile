@@ -9,7 +9,8 @@ REPO ?= feature_repo
 # make run SERVE_CONFIG=cluster/serve_config.colocated.yaml THROUGHPUT_OPTIMIZED=1  (see README, Topologies)
 SERVE_CONFIG ?= cluster/serve_config.yaml
 THROUGHPUT_OPTIMIZED ?=
-export RAY_AUTH_MODE = token  # Ray's token auth; local_cluster makes each head its own token
+# Ray's token auth, always on: serve_app/local_cluster.py gives each head it starts its own token.
+export RAY_AUTH_MODE = token
 export RAY_USAGE_STATS_ENABLED ?= 0
 export FEAST_DISABLE_USAGE ?= 1
 

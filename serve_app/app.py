@@ -18,6 +18,7 @@ from serve_app.config import AppArgs, ServingSettings, resolve_path
 from serve_app.deployments import Ranker, Retriever, UserFeatures, open_reader
 from serve_app.errors import RETRY_AFTER_S, NotReady, Overloaded
 from serve_app.http import create_api
+from serve_app.metrics import ServeRequestMetrics
 from serve_app.request_flow import RecommendFlow, Stages, local_stages, to_response
 from serve_app.schemas import (
     ErrorResponse,
@@ -75,6 +76,8 @@ class Ingress:
         ranker: DeploymentHandle | None = None,
     ) -> None:
         base = ServingSettings.model_validate(settings)
+        self.metrics = ServeRequestMetrics(topology)
+        api.state.on_error = self.metrics.refused  # every error answer, 4xx and 503, is counted
         self.reader = None
         self.stage_handles: dict[str, DeploymentHandle] = {}
         self.readiness: dict[str, Any] = {}
@@ -101,6 +104,7 @@ class Ingress:
         settings = self.state.reconfigure(config)
         if self.reader is not None:
             self.reader.configure(settings)
+        self.metrics.bundle(self.state.current.bundle.version)
 
     def check_health(self) -> None:
         self.state.current  # noqa: B018 -- raises until reconfigure has loaded a bundle
@@ -117,7 +121,9 @@ class Ingress:
     async def recommend(self, body: RecommendRequest, request: Request) -> RecommendResponse:
         start = time.perf_counter()
         result = await self.flow.run(body.user_id, body.k, tuple(body.exclude_item_ids))
-        return to_response(result, body, request.state.request_id, (time.perf_counter() - start) * 1000)
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        self.metrics.answered(result, elapsed_ms)
+        return to_response(result, body, request.state.request_id, elapsed_ms)
 
     @api.get("/healthz", response_model=HealthResponse, responses={503: {"model": ErrorResponse}})
     async def healthz(self) -> HealthResponse:

@@ -8,6 +8,7 @@ of the bundle it serves; a bad bundle is refused and the replica keeps serving t
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
@@ -15,6 +16,7 @@ from ray import serve
 
 from serve_app.bundle import Part
 from serve_app.config import SERVING_DEFAULTS, ServingSettings
+from serve_app.metrics import BatchSizes, BundleInfo, stage_latency
 from serve_app.serving_state import ServingState
 from serve_app.stages.rank import rank_candidates
 from serve_app.stages.retrieve import retrieve_batch
@@ -44,6 +46,7 @@ class UserFeatures:
         self.base = ServingSettings.model_validate(settings)
         self.reader = open_reader(feature_repo, feature_store_yaml, self.base)
         self.configured = False
+        self.latency = stage_latency("graph")  # the ingress records the other stages' times
 
     def reconfigure(self, config: dict[str, Any] | None) -> None:
         """Like the bundle stages: a bad user_config fails the first deploy, and is refused (logged,
@@ -59,7 +62,10 @@ class UserFeatures:
         self.configured = True
 
     async def get(self, user_id: int) -> UserFeatureResult:
-        return await self.reader.aget(user_id)
+        start = time.perf_counter()
+        result = await self.reader.aget(user_id)
+        self.latency.observe((time.perf_counter() - start) * 1000, tags={"stage": "user_features"})
+        return result
 
     async def ready(self) -> bool:
         return True
@@ -73,12 +79,15 @@ class _BundleStage:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.state = ServingState(ServingSettings.model_validate(settings), self.parts)
+        self.batch_sizes = BatchSizes(self.batched)
+        self.bundle_info = BundleInfo()
 
     def reconfigure(self, config: dict[str, Any] | None) -> None:
         settings = self.state.reconfigure(config)
         method = getattr(self, self.batched)
         method.set_max_batch_size(settings.max_batch_size)
         method.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self.bundle_info.serving(self.state.current.bundle.version)
 
     def check_health(self) -> None:
         self.state.current  # noqa: B018 -- raises until reconfigure has loaded a bundle
@@ -101,6 +110,7 @@ class Retriever(_BundleStage):
     async def retrieve(
         self, features: list[UserFeatureResult], n: list[int], exclude: list[tuple[int, ...]]
     ) -> list[Scored]:
+        self.batch_sizes.observe(features)
         return retrieve_batch(self.state.current, list(zip(features, n, exclude, strict=True)))
 
 
@@ -116,4 +126,5 @@ class Ranker(_BundleStage):
         batch_wait_timeout_s=SERVING_DEFAULTS.batch_wait_timeout_s,
     )
     async def rank(self, features: list[UserFeatureResult], candidates: list[Scored]) -> list[Scored]:
+        self.batch_sizes.observe(features)
         return rank_candidates(self.state.current.bundle, list(zip(features, candidates, strict=True)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import sqlite3
 import threading
@@ -163,6 +164,58 @@ def test_online_store_unavailable_degrades_instead_of_failing(served, built):
     # The bundle's own vector for the user keeps retrieval and ranking going; the answer says why it
     # is degraded (the ranker had no user features).
     assert body["fallback"] is None and "online store" in body["degraded_reason"]
+
+
+def ray_metrics(pattern: str, timeout_s: float = 90) -> str:
+    """This node's Prometheus exposition from Ray's metrics agent, once it holds `pattern` (Ray
+    exports application metrics every few seconds, under its `ray_` namespace)."""
+    import ray
+
+    port = ray._private.worker._global_node.metrics_export_port
+    deadline = time.monotonic() + timeout_s
+    text = ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if re.search(pattern, text):
+            return text
+        time.sleep(2)
+    raise AssertionError(f"no {pattern!r} among Ray's metrics after {timeout_s} s")
+
+
+def series(text: str, name: str, **labels: str) -> list[float]:
+    """Values of the samples of `name` that carry every label given."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            out.append(float(value))
+    return out
+
+
+def test_every_stage_and_outcome_is_exported_as_prometheus_metrics(served, built):
+    client, _ = served
+    for user_id in known_users(built, 3):
+        assert client.post("/recommend", json={"user_id": user_id, "k": 5}).status_code == 200
+    assert (
+        client.post("/recommend", json={"user_id": 987_654_321, "k": 5}).json()["fallback"] == "unknown_user"
+    )
+    assert client.post("/recommend", json={"user_id": 1, "k": 0}).status_code == 422
+    text = ray_metrics(r'ray_recsys_requests_total\{[^}]*outcome="invalid"')
+    latency = "ray_recsys_stage_latency_ms_bucket"
+    for stage in ("user_features", "retrieve", "rank", "total"):
+        counts = series(text, latency, stage=stage, topology="graph", le="+Inf")
+        assert counts and sum(counts) >= 3, f"no {stage} latencies"
+    requests = "ray_recsys_requests_total"
+    assert sum(series(text, requests, outcome="ok", deployment="Ingress")) >= 3
+    assert series(text, requests, outcome="fallback", reason="unknown_user")
+    assert series(text, requests, outcome="invalid", reason="invalid_request")
+    for stage in ("retrieve", "rank"):
+        assert sum(series(text, "ray_recsys_batch_size_count", stage=stage)) >= 3
+    version = load_bundle(built.bundle).version
+    for deployment in ("Ingress", "Retriever", "Ranker"):
+        assert series(text, "ray_recsys_bundle_info", version=version, deployment=deployment) == [1.0]
 
 
 def test_colocated_topology_answers_like_the_graph(served, built):
