@@ -32,6 +32,10 @@ class ItemIndex:
 
     index: faiss.Index
     mips_max_norm: float | None = None  # set when the vectors are augmented for L2 search
+    # IVF: the norm queries are scaled to for the coarse search (None: as they come). Under the
+    # reduction the lists are ranked by |c|^2 - 2 q.c, so a short query probes lists by their norm,
+    # not its direction; the build picks what recalls more for its users (offline/index.py).
+    query_norm: float | None = None
 
     def __post_init__(self) -> None:
         if self.mips_max_norm is not None:
@@ -66,7 +70,11 @@ class ItemIndex:
                 params = faiss.SearchParametersHNSW(efSearch=max(self.index.hnsw.efSearch, k))
                 return self.index.search(q, k, params=params)
             return self.index.search(q, k)
-        _, rows = self.index.search(np.hstack([q, np.zeros((len(q), 1), np.float32)]), k)
+        probe = q
+        if self.query_norm is not None:  # top-k by inner product does not change with q's scale
+            norms = np.linalg.norm(q, axis=1, keepdims=True)
+            probe = (q * (self.query_norm / np.where(norms > 0, norms, 1.0))).astype(np.float32)
+        _, rows = self.index.search(np.hstack([probe, np.zeros((len(q), 1), np.float32)]), k)
         vectors = self.index.reconstruct_batch(np.maximum(rows, 0).ravel()).reshape(len(q), k, -1)
         scores = np.einsum("qkd,qd->qk", vectors[:, :, : self.d], q)
         scores[rows < 0] = -np.inf

@@ -183,8 +183,11 @@ def load_bundle(path: str | Path, parts: Collection[Part] = ALL_PARTS) -> Bundle
     try:
         index, users = None, None
         if "index" in parts:
+            params = manifest.get("index", {})
             index = ItemIndex(
-                faiss.read_index(str(path / "index.faiss")), manifest.get("index", {}).get("mips_max_norm")
+                faiss.read_index(str(path / "index.faiss")),
+                params.get("mips_max_norm"),
+                params.get("query_norm"),
             )
             with np.load(path / "user_factors.npz", allow_pickle=False) as npz:
                 users = UserVectors(str(manifest["model"]["id"]), npz["user_ids"], npz["factors"])

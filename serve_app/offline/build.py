@@ -154,7 +154,9 @@ def build(
             train_als(data.ratings, cfg.embedding, cfg.seed, progress), data.ratings, cfg.embedding
         )
     with timer.step("index"):
-        index, index_params = build_index(served.item_factors, cfg.index, cfg.seed)
+        index, index_params = build_index(
+            served.item_factors, cfg.index, cfg.seed, served.user_factors, cfg.n_candidates
+        )
     done = evaluate_on(data, cfg, repo, "test", timer, progress, served, stamp)
     split, evaluation, n_snapshots = done.split, done.evaluation, done.n_snapshots
     test_users = split.test_users[np.isin(split.test_users, served.user_ids)][:1_000]

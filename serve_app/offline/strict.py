@@ -18,8 +18,8 @@ from serve_app.artifacts import ItemIndex
 from serve_app.config import BuildConfig
 from serve_app.features import RECENT_ITEMS, RETRIEVAL_FEATURES, retrieval_columns
 from serve_app.fold_in import confidence, fold_in, gram
-from serve_app.offline.embeddings import Embeddings, train_als
-from serve_app.offline.index import build_index
+from serve_app.offline.embeddings import Embeddings, fold_in_users, train_als
+from serve_app.offline.index import QUERY_SAMPLE, build_index, resolve_kind
 from serve_app.offline.split import TemporalSplit
 from serve_app.stages.filters import FilterContext, SeenFilter
 from serve_app.stages.retrieve import retrieve
@@ -68,9 +68,20 @@ def train_snapshots(
     for t in tqdm(times, desc=f"snapshot models (seed {seed})", leave=False, disable=not progress):
         before = ratings[ratings["ts"].to_numpy() < t]
         emb = train_als(before, cfg.embedding, seed, show_progress=False)
-        index, _ = build_index(emb.item_factors, cfg.index, seed)
+        index, _ = build_index(
+            emb.item_factors, cfg.index, seed, _query_sample(before, emb, cfg, seed), cfg.n_candidates
+        )
         models.append(SnapshotModel(int(t), emb, index))
     return models
+
+
+def _query_sample(before: pd.DataFrame, emb: Embeddings, cfg: BuildConfig, seed: int) -> np.ndarray | None:
+    """Folded-in vectors of some users, as the evaluation queries this model (for the IVF query scale)."""
+    if resolve_kind(cfg.index, len(emb.item_ids)) != "ivf":
+        return None
+    users = before["user_id"].unique()
+    chosen = np.random.default_rng(seed).choice(users, size=min(len(users), QUERY_SAMPLE), replace=False)
+    return fold_in_users(emb, before[before["user_id"].isin(chosen)], cfg.embedding).user_factors
 
 
 def user_queries(
