@@ -25,12 +25,12 @@ def build_index(
     cfg: IndexConfig,
     seed: int = 0,
     queries: np.ndarray | None = None,
-    n: int = 200,
+    depth: int = 200,
 ) -> tuple[ItemIndex, dict]:
     """Return the index (positions = item rows) and the parameters that describe it.
 
     For IVF, `queries` (user vectors of this model, as they will be served) choose the query scale
-    (`ItemIndex.query_norm`) that returns more of their exact top-n: as they come, or scaled to the
+    (`ItemIndex.query_norm`) that returns more of their exact top-`depth`: as they come, or scaled to the
     largest item norm. On 1M synthetic items that was 0.485 -> 0.857 for short recency-weighted user
     vectors, and 0.998 as they come (0.975 scaled) for longer ones: neither is right for every model.
     """
@@ -62,7 +62,7 @@ def build_index(
     index.add(x)
     built = ItemIndex(index, mips_max_norm)
     if mips_max_norm is not None and queries is not None and len(queries):
-        built, recalls = _with_best_query_scale(built, item_factors, queries, n, seed)
+        built, recalls = _with_best_query_scale(built, item_factors, queries, depth, seed)
         params.update(query_norm=built.query_norm, recall_by_query_scale=recalls)
     return built, params
 

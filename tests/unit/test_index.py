@@ -82,12 +82,13 @@ def skewed_catalogue(seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
 
 def test_ivf_scales_short_queries_when_that_recalls_more_and_scores_stay_exact() -> None:
     items, queries = skewed_catalogue()
-    cfg = IndexConfig(kind="ivf", ivf_nlist=128, ivf_nprobe=32)
+    cfg = IndexConfig(kind="ivf", ivf_nlist=128, ivf_nprobe=8)
     plain, plain_params = build_index(items, cfg, seed=0)
-    chosen, params = build_index(items, cfg, seed=0, queries=queries, n=K)
+    chosen, params = build_index(items, cfg, seed=0, queries=queries, depth=K)
     assert "query_norm" not in plain_params and plain.query_norm is None
     recalls = params["recall_by_query_scale"]
-    assert recalls["scaled_to_max_item_norm"] > 2 * recalls["as_is"]  # measured 0.17 against 0.065
+    # Measured: 0.98 scaled against 0.10 as they come (short queries probe lists by their norm).
+    assert recalls["scaled_to_max_item_norm"] > 0.9 and recalls["as_is"] < 0.5
     assert chosen.query_norm == pytest.approx(chosen.mips_max_norm) == params["query_norm"]
     truth = exact_order(items, queries)[:, :K]
     _, plain_rows = plain.search(queries, K)
@@ -103,7 +104,7 @@ def test_ivf_keeps_queries_as_they_come_when_scaling_does_not_help(
     catalogue: tuple[np.ndarray, np.ndarray],
 ) -> None:
     items, queries = catalogue
-    index, params = build_index(items, IndexConfig(kind="ivf"), seed=0, queries=queries, n=K)
+    index, params = build_index(items, IndexConfig(kind="ivf"), seed=0, queries=queries, depth=K)
     recalls = params["recall_by_query_scale"]
     assert (index.query_norm is None) == (recalls["as_is"] >= recalls["scaled_to_max_item_norm"])
 
