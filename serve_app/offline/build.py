@@ -26,7 +26,7 @@ from serve_app.config import BuildConfig
 from serve_app.features import ITEM_FEATURES
 from serve_app.offline import feast_ops, protocol
 from serve_app.offline.data import Interactions
-from serve_app.offline.embeddings import Embeddings, fold_in_users, train_als
+from serve_app.offline.embeddings import Embeddings, fold_in_users, train_als, user_logs
 from serve_app.offline.evaluation import format_table
 from serve_app.offline.index import build_index, index_recall
 from serve_app.offline.sources import (
@@ -86,9 +86,7 @@ def ranker_input_shift(
 
 
 def _history(ratings: pd.DataFrame, emb: Embeddings) -> History:
-    ordered = ratings.sort_values(["user_id", "ts"], kind="stable")
-    user_ids, counts = np.unique(ordered["user_id"].to_numpy(), return_counts=True)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    ordered, user_ids, indptr = user_logs(ratings)
     return History(user_ids.astype(np.int64), indptr, emb.item_rows(ordered["item_id"].to_numpy()))
 
 

@@ -65,14 +65,19 @@ def train_als(
     )
 
 
+def user_logs(ratings: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The log ordered by (user, time), its sorted user ids, and the CSR offsets of each user's run."""
+    ordered = ratings.sort_values(["user_id", "ts"], kind="stable")
+    user_ids, counts = np.unique(ordered["user_id"].to_numpy(), return_counts=True)
+    return ordered, user_ids, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
 def fold_in_users(emb: Embeddings, ratings: pd.DataFrame, cfg: EmbeddingConfig) -> Embeddings:
     """The model with every user's vector folded in from their whole log, recency-weighted: the user
     vectors the bundle and the online store serve, computed exactly as the evaluation computes its own
     (offline/strict.py), so the evaluated and the served user vectors are one function of the log."""
-    ordered = ratings.sort_values(["user_id", "ts"], kind="stable")
-    user_ids, counts = np.unique(ordered["user_id"].to_numpy(), return_counts=True)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    later = np.repeat(indptr[1:], counts) - 1 - np.arange(len(ordered))
+    ordered, user_ids, indptr = user_logs(ratings)
+    later = np.repeat(indptr[1:], np.diff(indptr)) - 1 - np.arange(len(ordered))
     conf = confidence(ordered["rating"].to_numpy(), later, cfg.alpha, cfg.recency_half_life)
     rows = emb.item_rows(ordered["item_id"].to_numpy())
     factors = fold_in_many(emb.item_factors, indptr, rows, conf, cfg.regularization)

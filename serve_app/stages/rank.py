@@ -10,11 +10,9 @@ import numpy as np
 import xgboost as xgb
 
 from serve_app.bundle import Bundle
-from serve_app.features import model_matrix, retrieval_columns
+from serve_app.features import model_matrix
 from serve_app.stages.scored import EMPTY_SCORES, Scored
 from serve_app.stages.user_features import UserFeatureResult
-
-EMPTY_VECTORS = np.empty((0, 0), np.float32)  # no vectors came with the candidates: NaN similarities
 
 
 def score(booster: xgb.Booster, matrix: np.ndarray) -> np.ndarray:
@@ -35,8 +33,8 @@ def rank_batch(bundle: Bundle, requests: Sequence[tuple[UserFeatureResult, Score
                 scores=cands.scores[known],
                 features={k: v[known] for k, v in cands.features.items()},
             )
-        retrieval = cands.features or retrieval_columns(cands.scores, EMPTY_VECTORS, EMPTY_VECTORS)
-        matrices.append(model_matrix(features.values, bundle.items.take(rows), retrieval))
+        # The retriever computed the retrieval inputs with its index's vectors (retrieve_batch).
+        matrices.append(model_matrix(features.values, bundle.items.take(rows), cands.features))
         spans.append(cands)
     scores = score(bundle.ranker, np.vstack(matrices)) if matrices else EMPTY_SCORES
     out, offset = [], 0
