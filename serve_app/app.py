@@ -18,8 +18,10 @@ from serve_app.config import AppArgs, ServingSettings, resolve_path
 from serve_app.deployments import Ranker, Retriever, UserFeatures, open_reader
 from serve_app.errors import RETRY_AFTER_S, NotReady, Overloaded
 from serve_app.http import create_api
-from serve_app.metrics import ServeRequestMetrics
+from serve_app.metrics import FeatureMetrics, RecallGauge, ServeRequestMetrics
+from serve_app.recall_monitor import RecallMonitor
 from serve_app.request_flow import RecommendFlow, Stages, local_stages, to_response
+from serve_app.request_log import RequestLog
 from serve_app.schemas import (
     ErrorResponse,
     HealthResponse,
@@ -27,7 +29,9 @@ from serve_app.schemas import (
     RecommendResponse,
     VersionResponse,
 )
-from serve_app.serving_state import ServingState
+from serve_app.serving_state import Served, ServingState
+from serve_app.stages.retrieve import query_vector
+from serve_app.stages.user_features import UserFeatureResult
 
 __all__ = ["AppArgs", "Ingress", "build_app"]
 
@@ -77,7 +81,10 @@ class Ingress:
     ) -> None:
         base = ServingSettings.model_validate(settings)
         self.metrics = ServeRequestMetrics(topology)
-        api.state.on_error = self.metrics.refused  # every error answer, 4xx and 503, is counted
+        self.request_log = RequestLog(base.request_log_sample_rate, topology)
+        self.recall: RecallMonitor | None = None
+        self.exposure_of: tuple[str, int] | None = None  # (bundle version, window) the gauges watch
+        api.state.on_error = self.refused  # every error answer, 4xx and 503, is counted
         self.reader = None
         self.stage_handles: dict[str, DeploymentHandle] = {}
         self.readiness: dict[str, Any] = {}
@@ -96,15 +103,34 @@ class Ingress:
             if feature_repo is None:
                 raise ValueError("the colocated topology needs a feature_repo")
             self.state = ServingState(base)
-            self.reader = open_reader(feature_repo, feature_store_yaml, base)
-            stages = local_stages(self.state, self.reader)
+            observe = FeatureMetrics(topology).observe
+            self.reader = open_reader(feature_repo, feature_store_yaml, base, observe)
+            self.recall = RecallMonitor(RecallGauge().publish, base.recall_sample_rate, base.n_candidates)
+            stages = local_stages(self.state, self.reader, self._sample_recall)
         self.flow = RecommendFlow(stages, self.state, is_overload=is_backpressure)
 
     def reconfigure(self, config: dict[str, Any] | None) -> None:
         settings = self.state.reconfigure(config)
         if self.reader is not None:
             self.reader.configure(settings)
-        self.metrics.bundle(self.state.current.bundle.version)
+        bundle = self.state.current.bundle
+        self.metrics.bundle(bundle.version)
+        self.request_log.configure(settings.request_log_sample_rate)
+        if self.recall is not None:
+            self.recall.configure(settings.recall_sample_rate, settings.n_candidates)
+        if self.exposure_of != (bundle.version, settings.exposure_window):
+            popularity = bundle.items.columns["item_popularity"]
+            self.metrics.watch_exposure(len(bundle.items.item_ids), popularity, settings.exposure_window)
+            self.exposure_of = (bundle.version, settings.exposure_window)
+
+    def refused(self, status: int, code: str, request_id: str | None) -> None:
+        self.metrics.refused(status, code)
+        self.request_log.refused(request_id, status, code)
+
+    def _sample_recall(self, served: Served, features: UserFeatureResult) -> None:
+        bundle = served.bundle
+        assert self.recall is not None
+        self.recall.offer(bundle.version, bundle.index, [features], lambda f: query_vector(f, bundle)[0])
 
     def check_health(self) -> None:
         self.state.current  # noqa: B018 -- raises until reconfigure has loaded a bundle
@@ -122,7 +148,9 @@ class Ingress:
         start = time.perf_counter()
         result = await self.flow.run(body.user_id, body.k, tuple(body.exclude_item_ids))
         elapsed_ms = (time.perf_counter() - start) * 1000
-        self.metrics.answered(result, elapsed_ms)
+        shown = self.state.current.bundle.items.rows_of(result.item_ids[: body.k])
+        self.metrics.answered(result, elapsed_ms, shown)
+        self.request_log.answered(request.state.request_id, body.user_id, body.k, result, elapsed_ms)
         return to_response(result, body, request.state.request_id, elapsed_ms)
 
     @api.get("/healthz", response_model=HealthResponse, responses={503: {"model": ErrorResponse}})

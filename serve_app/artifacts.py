@@ -81,6 +81,21 @@ class ItemIndex:
         order = np.argsort(-scores, axis=1, kind="stable")  # L2 round-off can swap near-ties
         return np.take_along_axis(scores, order, 1).astype(np.float32), np.take_along_axis(rows, order, 1)
 
+    def exact_search(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Exact top-k rows by inner product, from the vectors this index already holds (no copy):
+        the ground truth of the online recall monitor. IVF: every list probed (under the MIPS-to-L2
+        reduction the L2 order of [q, 0] is the inner-product order, whatever q's norm); HNSW: its flat
+        storage. Costs a full scan per query: for sampled queries off the request path only."""
+        k = max(1, min(k, self.ntotal))
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.mips_max_norm is not None:
+            ivf = faiss.extract_index_ivf(self.index)
+            params = faiss.SearchParametersIVF(nprobe=ivf.nlist)
+            return self.index.search(np.hstack([q, np.zeros((len(q), 1), np.float32)]), k, params=params)[1]
+        if isinstance(self.index, faiss.IndexHNSW):
+            return faiss.downcast_index(self.index.storage).search(q, k)[1]
+        return self.index.search(q, k)[1]
+
 
 def augment_for_l2(item_factors: np.ndarray) -> tuple[np.ndarray, float]:
     """Item vectors with the extra coordinate of the MIPS-to-L2 reduction, and the norm M used."""

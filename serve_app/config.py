@@ -44,6 +44,14 @@ class ServingSettings(Strict):
     blocked_item_ids: tuple[int, ...] = Field((), description="business rule: never recommend these")
     max_batch_size: int = Field(16, ge=1, le=1_024, description="Retriever and Ranker @serve.batch size")
     batch_wait_timeout_s: float = Field(0.001, ge=0, le=1, description="@serve.batch wait for a full batch")
+    # Observability (README "Operating it"); all off the request path or sampled.
+    recall_sample_rate: float = Field(
+        0.01, ge=0, le=1, description="share of retrieval queries the online ANN recall monitor checks"
+    )
+    exposure_window: int = Field(10_000, ge=1, description="answers the live exposure gauges look back over")
+    request_log_sample_rate: float = Field(
+        0.01, ge=0, le=1, description="share of requests logged as one structured (JSON) line each"
+    )
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> ServingSettings:
         """These settings with the keys `overrides` names replaced (validated; unknown keys are errors)."""

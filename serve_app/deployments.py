@@ -8,7 +8,6 @@ of the bundle it serves; a bad bundle is refused and the replica keeps serving t
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
@@ -16,18 +15,22 @@ from ray import serve
 
 from serve_app.bundle import Part
 from serve_app.config import SERVING_DEFAULTS, ServingSettings
-from serve_app.metrics import BatchSizes, BundleInfo, stage_latency
+from serve_app.metrics import BatchSizes, BundleInfo, FeatureMetrics, RecallGauge
+from serve_app.recall_monitor import RecallMonitor
 from serve_app.serving_state import ServingState
 from serve_app.stages.rank import rank_candidates
-from serve_app.stages.retrieve import retrieve_batch
+from serve_app.stages.retrieve import query_vector, retrieve_batch
 from serve_app.stages.scored import Scored
-from serve_app.stages.user_features import UserFeatureReader, UserFeatureResult, feast_fetcher
+from serve_app.stages.user_features import Observe, UserFeatureReader, UserFeatureResult, feast_fetcher
 
 log = logging.getLogger("ray.serve")
 
 
 def open_reader(
-    feature_repo: str, feature_store_yaml: str | None, settings: ServingSettings
+    feature_repo: str,
+    feature_store_yaml: str | None,
+    settings: ServingSettings,
+    observe: Observe | None = None,
 ) -> UserFeatureReader:
     fetch = feast_fetcher(feature_repo, feature_store_yaml)
     # The first read loads the registry and opens the store (~100s of ms): pay it before traffic.
@@ -35,7 +38,7 @@ def open_reader(
         fetch(-1)
     except Exception as exc:  # a store down at start-up degrades requests; it must not block start-up
         log.warning("online store not reachable at start-up: %s", exc)
-    return UserFeatureReader(fetch, settings)
+    return UserFeatureReader(fetch, settings, observe=observe)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
@@ -44,9 +47,10 @@ class UserFeatures:
 
     def __init__(self, settings: dict[str, Any], feature_repo: str, feature_store_yaml: str | None) -> None:
         self.base = ServingSettings.model_validate(settings)
-        self.reader = open_reader(feature_repo, feature_store_yaml, self.base)
+        # The ingress records the other stages' times; this replica the reads it makes.
+        observe = FeatureMetrics("graph").observe
+        self.reader = open_reader(feature_repo, feature_store_yaml, self.base, observe)
         self.configured = False
-        self.latency = stage_latency("graph")  # the ingress records the other stages' times
 
     def reconfigure(self, config: dict[str, Any] | None) -> None:
         """Like the bundle stages: a bad user_config fails the first deploy, and is refused (logged,
@@ -62,10 +66,7 @@ class UserFeatures:
         self.configured = True
 
     async def get(self, user_id: int) -> UserFeatureResult:
-        start = time.perf_counter()
-        result = await self.reader.aget(user_id)
-        self.latency.observe((time.perf_counter() - start) * 1000, tags={"stage": "user_features"})
-        return result
+        return await self.reader.aget(user_id)
 
     async def ready(self) -> bool:
         return True
@@ -103,6 +104,15 @@ class Retriever(_BundleStage):
     parts = frozenset(("index", "history"))
     batched = "retrieve"
 
+    def __init__(self, settings: dict[str, Any]) -> None:
+        super().__init__(settings)
+        self.recall = RecallMonitor(RecallGauge().publish, sample_rate=0.0, depth=1)  # see reconfigure
+
+    def reconfigure(self, config: dict[str, Any] | None) -> None:
+        super().reconfigure(config)
+        settings = self.state.current.settings
+        self.recall.configure(settings.recall_sample_rate, settings.n_candidates)
+
     @serve.batch(
         max_batch_size=SERVING_DEFAULTS.max_batch_size,
         batch_wait_timeout_s=SERVING_DEFAULTS.batch_wait_timeout_s,
@@ -111,7 +121,11 @@ class Retriever(_BundleStage):
         self, features: list[UserFeatureResult], n: list[int], exclude: list[tuple[int, ...]]
     ) -> list[Scored]:
         self.batch_sizes.observe(features)
-        return retrieve_batch(self.state.current, list(zip(features, n, exclude, strict=True)))
+        served = self.state.current
+        out = retrieve_batch(served, list(zip(features, n, exclude, strict=True)))
+        bundle = served.bundle
+        self.recall.offer(bundle.version, bundle.index, features, lambda f: query_vector(f, bundle)[0])
+        return out
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)

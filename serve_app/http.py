@@ -67,7 +67,7 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = rid
         declared = dict(scope.get("headers", ())).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            report_error(scope.get("app"), 413, "body_too_large")
+            report_error(scope.get("app"), 413, "body_too_large", rid)
             response = JSONResponse(
                 {"error": "body_too_large", "message": TOO_LARGE, "request_id": rid},
                 status_code=413,
@@ -98,15 +98,16 @@ def _error(
     }
     if details is not None:
         body["details"] = details
-    report_error(request.app, status, code)
+    report_error(request.app, status, code, getattr(request.state, "request_id", None))
     return JSONResponse(body, status_code=status)
 
 
-def report_error(app: Any, status: int, code: str) -> None:
-    """Tell the app's `state.on_error(status, code)`, when it has one (the ingress counts refusals)."""
+def report_error(app: Any, status: int, code: str, request_id: str | None) -> None:
+    """Tell the app's `state.on_error(status, code, request_id)`, when it has one (the ingress counts
+    and logs refusals)."""
     hook = getattr(getattr(app, "state", None), "on_error", None)
     if hook is not None:
-        hook(status, code)
+        hook(status, code, request_id)
 
 
 def _describe(error: dict) -> str:

@@ -8,9 +8,18 @@ recorded: `NO_METRICS`. What a request counts as is decided by `outcome_of`, a p
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+from serve_app.exposure import ExposureWindow, top_popular_mask
 from serve_app.stages.scored import Scored
+
+if TYPE_CHECKING:
+    from serve_app.stages.user_features import UserFeatureResult
 
 # Milliseconds: fine enough to read a p99 near 1 ms and near 1 s.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -38,8 +47,9 @@ def outcome_of(result: Scored) -> tuple[str, str]:
 class RequestMetrics:
     """Does nothing: the interface, and what runs outside Serve."""
 
-    def answered(self, result: Scored, elapsed_ms: float) -> None:
-        """A request answered 200: its outcome, and the time of each stage and of the whole."""
+    def answered(self, result: Scored, elapsed_ms: float, shown_rows: np.ndarray | None = None) -> None:
+        """A request answered 200: its outcome, the time of each stage and of the whole, and the item
+        rows it showed (for the exposure gauges)."""
 
     def refused(self, status: int, code: str) -> None:
         """A request answered with an error (`code` as in ErrorResponse)."""
@@ -87,8 +97,9 @@ class ServeRequestMetrics(RequestMetrics):
             tag_keys=("filter",),
         )
         self.bundle_info = BundleInfo()
+        self.exposure: ExposureGauges | None = None
 
-    def answered(self, result: Scored, elapsed_ms: float) -> None:
+    def answered(self, result: Scored, elapsed_ms: float, shown_rows: np.ndarray | None = None) -> None:
         outcome, reason = outcome_of(result)
         self.requests.inc(tags={"outcome": outcome, "reason": reason})
         for stage, ms in result.timings_ms.items():
@@ -98,6 +109,8 @@ class ServeRequestMetrics(RequestMetrics):
         for name, removed in result.filtered.items():
             if removed:
                 self.filtered.inc(removed, tags={"filter": name})
+        if shown_rows is not None and self.exposure is not None:
+            self.exposure.add(shown_rows)
 
     def refused(self, status: int, code: str) -> None:
         outcome = "rejected" if status >= 500 else "invalid"
@@ -105,6 +118,12 @@ class ServeRequestMetrics(RequestMetrics):
 
     def bundle(self, version: str) -> None:
         self.bundle_info.serving(version)
+
+    def watch_exposure(self, n_catalogue: int, popularity: np.ndarray, window: int) -> None:
+        """(Re)start the exposure window for a catalogue (a new bundle, or a new window size)."""
+        if self.exposure is not None:
+            self.exposure.stop()
+        self.exposure = ExposureGauges(ExposureWindow(n_catalogue, top_popular_mask(popularity), window))
 
 
 class BundleInfo:
@@ -145,3 +164,75 @@ class BatchSizes:
 
     def observe(self, batch: Sequence[object]) -> None:
         self.histogram.observe(len(batch))
+
+
+class RecallGauge:
+    """`recsys_ann_recall`: recall@N of the served index against exact search, over recent samples
+    (`recall_monitor.RecallMonitor` publishes it), and how many samples the figure rests on."""
+
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Gauge
+
+        self.gauge = Gauge("recsys_ann_recall", description="Online ANN recall@N (exact top-N found)")
+        self.samples = Counter("recsys_ann_recall_samples_total", description="Queries the monitor checked")
+
+    def publish(self, recall: float, window: int) -> None:
+        self.gauge.set(recall)
+        self.samples.inc()
+
+
+class ExposureGauges:
+    """`recsys_exposure_{coverage,gini,top1pct_share}` of the ingress's last answers, recomputed every
+    `period_s` on a thread of their own (O(items shown), so never on the request path)."""
+
+    def __init__(self, window: ExposureWindow, period_s: float = 5.0) -> None:
+        from ray.serve.metrics import Gauge
+
+        self.window, self.period_s = window, period_s
+        self.gauges = {
+            name: Gauge(f"recsys_exposure_{name}", description=text)
+            for name, text in (
+                ("coverage", "Share of the catalogue shown in the window"),
+                ("gini", "Gini of item exposure over the catalogue in the window"),
+                ("top1pct_share", "Share of shown items among the 1% most popular"),
+            )
+        }
+        self.stopped = threading.Event()
+        threading.Thread(target=self._run, name="exposure-gauges", daemon=True).start()
+
+    def add(self, rows: np.ndarray) -> None:
+        self.window.add(rows)
+
+    def publish(self) -> None:
+        stats = self.window.stats()
+        if stats.answers:
+            self.gauges["coverage"].set(stats.coverage)
+            self.gauges["gini"].set(stats.gini)
+            self.gauges["top1pct_share"].set(stats.top1pct_share)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.period_s):
+            self.publish()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class FeatureMetrics:
+    """What a user-features read cost and how old its features were (`recsys_user_feature_age_s`:
+    now minus the event time the online store holds for the user's row), wherever the reader runs."""
+
+    def __init__(self, topology: str) -> None:
+        from ray.serve.metrics import Histogram
+
+        self.latency = stage_latency(topology)
+        self.age = Histogram(
+            "recsys_user_feature_age_s",
+            description="Age of the user features a request used (now - their event time), seconds",
+            boundaries=[1, 10, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400],
+        )
+
+    def observe(self, result: UserFeatureResult, elapsed_ms: float) -> None:
+        self.latency.observe(elapsed_ms, tags={"stage": "user_features"})
+        if result.event_time_s is not None:
+            self.age.observe(max(0.0, time.time() - result.event_time_s))

@@ -23,7 +23,7 @@ from serve_app.stages import fallback
 from serve_app.stages.rank import rank_candidates
 from serve_app.stages.retrieve import retrieve_batch
 from serve_app.stages.scored import Scored
-from serve_app.stages.user_features import UserFeatureReader, feast_fetcher
+from serve_app.stages.user_features import UserFeatureReader, UserFeatureResult, feast_fetcher
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,24 @@ async def _awaited(awaitable: Awaitable) -> Any:
     return await awaitable
 
 
-def local_stages(state: ServingState, reader: UserFeatureReader) -> Stages:
-    """The three stages as local tasks over one process's state (no handle hops, no batching)."""
+def local_stages(
+    state: ServingState,
+    reader: UserFeatureReader,
+    on_retrieved: Callable[[Served, UserFeatureResult], None] | None = None,
+) -> Stages:
+    """The three stages as local tasks over one process's state (no handle hops, no batching).
+    `on_retrieved(served, features)` sees every retrieval (the colocated ingress samples recall)."""
 
     def user_features(user_id: int) -> asyncio.Future:
         return asyncio.ensure_future(reader.aget(user_id))
 
     def retrieve(features: Awaitable, n: int, exclude: tuple[int, ...]) -> asyncio.Future:
         async def run() -> Scored:
-            return retrieve_batch(state.current, [(await features, n, exclude)])[0]
+            served, feats = state.current, await features
+            result = retrieve_batch(served, [(feats, n, exclude)])[0]
+            if on_retrieved is not None:
+                on_retrieved(served, feats)
+            return result
 
         return asyncio.ensure_future(run())
 

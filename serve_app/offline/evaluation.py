@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from serve_app.exposure import gini
+
 KS = (10, 50)
 ACCURACY = ("ndcg@10", "recall@10", "recall@50")
 EXPOSURE = ("coverage@10", "popularity_pct@10", "top1pct_share@10", "gini@10")
@@ -61,15 +63,6 @@ def interval(values: np.ndarray, idx: np.ndarray) -> list[float]:
 def ratio_interval(num: np.ndarray, den: np.ndarray, idx: np.ndarray) -> list[float]:
     ratios = num[idx].mean(axis=1) / np.maximum(den[idx].mean(axis=1), 1e-12)
     return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
-
-
-def gini(exposure: np.ndarray) -> float:
-    """Gini coefficient of non-negative counts (0 when all are equal or there are none)."""
-    x = np.sort(np.asarray(exposure, dtype=np.float64))
-    n, total = len(x), x.sum()
-    if n == 0 or total == 0:
-        return 0.0
-    return float((2.0 * np.arange(1, n + 1) - n - 1).dot(x) / (n * total))
 
 
 def exposure(

@@ -41,8 +41,10 @@ def retrieve(
     n: int,
     filters: Sequence[Filter],
     contexts: Sequence[FilterContext],
+    filter_ms: list[float] | None = None,
 ) -> list[tuple[Candidates, dict[str, int]]]:
-    """Top-n candidates per query that survive `filters`, with what each filter removed.
+    """Top-n candidates per query that survive `filters`, with what each filter removed (and, into
+    `filter_ms` when given, the milliseconds each query's filtering took).
 
     Fetches n plus the largest exclusion budget in the batch, so filtered items never crowd out the n.
     """
@@ -50,10 +52,13 @@ def retrieve(
     scores, rows = index.search(queries, fetch)
     out = []
     for s, r, ctx in zip(scores, rows, contexts, strict=True):
+        start = time.perf_counter()
         valid = r >= 0
         s, r = s[valid], r[valid]
         keep, report = apply_filters(filters, r, ctx)
         out.append((Candidates(r[keep][:n].astype(np.int64), s[keep][:n].astype(np.float32)), report))
+        if filter_ms is not None:
+            filter_ms.append((time.perf_counter() - start) * 1000)
     return out
 
 
@@ -99,8 +104,9 @@ def retrieve_batch(
         queries = np.stack(vectors)
         contexts = [served.context(requests[i][0].user_id, tuple(requests[i][2])) for i in todo]
         n = max(requests[i][1] for i in todo)
-        results = retrieve(bundle.index, queries, n, served.filters, contexts)
-        for i, ctx, (cands, report) in zip(todo, contexts, results, strict=True):
+        filter_ms: list[float] = []
+        results = retrieve(bundle.index, queries, n, served.filters, contexts, filter_ms)
+        for i, ctx, (cands, report), f_ms in zip(todo, contexts, results, filter_ms, strict=True):
             c = cands.head(requests[i][1])
             f = requests[i][0]
             out[i] = Scored(
@@ -111,6 +117,7 @@ def retrieve_batch(
                 degraded=f.degraded,
                 reason=f.reason,
                 features=candidate_features(bundle.index, c, ctx.seen_rows),
+                timings_ms={"filter": f_ms},
             )
-    elapsed = (time.perf_counter() - start) * 1000
-    return [replace(s, timings_ms={"retrieve": elapsed}) for s in out if s is not None]
+    elapsed = (time.perf_counter() - start) * 1000  # the whole stage, filtering included
+    return [replace(s, timings_ms={**s.timings_ms, "retrieve": elapsed}) for s in out if s is not None]

@@ -23,6 +23,8 @@ from serve_app.features import USER_EMBEDDING, USER_EMBEDDING_MODEL, USER_FEATUR
 from serve_app.stages import fallback
 
 Fetch = Callable[[int], dict[str, Any] | None]
+Observe = Callable[["UserFeatureResult", float], None]  # (result, milliseconds the read took)
+EVENT_TIME = "__event_time_s"  # the fetched row's event timestamp, next to the feature values
 Source = Literal["online", "cache", "stale_cache", "none"]
 
 
@@ -35,6 +37,7 @@ class UserFeatureResult:
     source: Source  # stale_cache and none: the store failed or missed its deadline
     reason: str | None = None  # why the store read failed
     embedding_model: str | None = None  # the model that produced `embedding`
+    event_time_s: float | None = None  # when the store's row was computed (epoch s), when it says
 
     @property
     def degraded(self) -> bool:
@@ -51,18 +54,27 @@ def feast_fetcher(repo: str | Path, fs_yaml: str | Path | None = None) -> Fetch:
     names = (USER_EMBEDDING, USER_EMBEDDING_MODEL, *USER_FEATURES)
 
     def fetch(user_id: int) -> dict[str, Any] | None:
-        row = store.get_online_features(features=service, entity_rows=[{"user_id": int(user_id)}]).to_dict()
+        response = store.get_online_features(features=service, entity_rows=[{"user_id": int(user_id)}])
+        row = response.to_dict(include_event_timestamps=True)
         values = {name: row[name][0] for name in names}
-        return None if all(v is None for v in values.values()) else values
+        if all(v is None for v in values.values()):
+            return None
+        values[EVENT_TIME] = row.get(f"{USER_EMBEDDING}__ts", [None])[0] or None  # 0: the store has none
+        return values
 
     return fetch
 
 
 class UserFeatureReader:
     def __init__(
-        self, fetch: Fetch, settings: ServingSettings = SERVING_DEFAULTS, max_entries: int = 100_000
+        self,
+        fetch: Fetch,
+        settings: ServingSettings = SERVING_DEFAULTS,
+        max_entries: int = 100_000,
+        observe: Observe | None = None,
     ) -> None:
         self._fetch = fetch
+        self.observe = observe  # e.g. metrics.FeatureMetrics.observe: latency and age of every read
         self.max_entries = max_entries
         self.configure(settings)
         self._cache: OrderedDict[int, tuple[float, dict[str, Any] | None]] = OrderedDict()
@@ -108,6 +120,13 @@ class UserFeatureReader:
 
     async def aget(self, user_id: int) -> UserFeatureResult:
         """Waits at most timeout_s for the store; the call runs on the pool, the loop keeps serving."""
+        start = time.perf_counter()
+        result = await self._aget(user_id)
+        if self.observe is not None:
+            self.observe(result, (time.perf_counter() - start) * 1000)
+        return result
+
+    async def _aget(self, user_id: int) -> UserFeatureResult:
         cached, hit = self._fresh(user_id)
         if cached is not None:
             return cached
@@ -132,6 +151,14 @@ def _result(
     embedding = np.asarray(raw, dtype=np.float32) if raw is not None else None
     values_by_name = {name: values.get(name) for name in USER_FEATURES}
     model = values.get(USER_EMBEDDING_MODEL)
+    event_time = values.get(EVENT_TIME)
     return UserFeatureResult(
-        user_id, values_by_name, embedding, True, source, reason, str(model) if model else None
+        user_id,
+        values_by_name,
+        embedding,
+        True,
+        source,
+        reason,
+        str(model) if model else None,
+        float(event_time) if event_time else None,
     )

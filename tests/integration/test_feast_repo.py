@@ -112,7 +112,7 @@ def test_serving_reads_the_user_online_feature_service_and_items_stay_offline(
 ) -> None:
     """Serving reads users through the `user_online_v1` FeatureService (what feast_fetcher uses); item
     features are offline only: the Ranker holds them from the bundle, so materializing them is waste."""
-    from serve_app.stages.user_features import feast_fetcher
+    from serve_app.stages.user_features import EVENT_TIME, feast_fetcher
 
     path, users, _ = repo
     fetch = feast_fetcher(path)
@@ -122,6 +122,8 @@ def test_serving_reads_the_user_online_feature_service_and_items_stay_offline(
         assert row is not None
         for name in (USER_EMBEDDING, *USER_FEATURES):
             assert_same_value(row[name], expected.loc[user, name], f"user {user} {name}")
+        # The row's event time comes along: recsys_user_feature_age_s is measured from it.
+        assert row[EVENT_TIME] == int(expected.loc[user, "event_timestamp"].timestamp()), f"user {user}"
     assert fetch(999) is None, "an unknown user has no features"
     store = FeatureStore(repo_path=str(path))
     assert store.get_feature_view("item_features").online is False

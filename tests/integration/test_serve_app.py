@@ -204,7 +204,7 @@ def test_every_stage_and_outcome_is_exported_as_prometheus_metrics(served, built
     assert client.post("/recommend", json={"user_id": 1, "k": 0}).status_code == 422
     text = ray_metrics(r'ray_recsys_requests_total\{[^}]*outcome="invalid"')
     latency = "ray_recsys_stage_latency_ms_bucket"
-    for stage in ("user_features", "retrieve", "rank", "total"):
+    for stage in ("user_features", "retrieve", "filter", "rank", "total"):
         counts = series(text, latency, stage=stage, topology="graph", le="+Inf")
         assert counts and sum(counts) >= 3, f"no {stage} latencies"
     requests = "ray_recsys_requests_total"

@@ -48,7 +48,7 @@ def test_no_metrics_records_nothing_and_accepts_everything() -> None:
 def test_every_error_answer_reaches_the_apps_error_hook() -> None:
     app = create_api()
     seen: list[tuple[int, str]] = []
-    app.state.on_error = lambda status, code: seen.append((status, code))
+    app.state.on_error = lambda status, code, request_id: seen.append((status, code))
 
     @app.post("/recommend")
     async def recommend(body: RecommendRequest, request: Request) -> dict:

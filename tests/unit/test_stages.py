@@ -111,7 +111,7 @@ def test_ranking_orders_by_the_model_and_matches_a_direct_call(tiny_bundle):
     direct = score(tiny_bundle.ranker, model_matrix(features.values, tiny_bundle.items.take(rows), retrieval))
     by_id = dict(zip(cands.item_ids.tolist(), direct.tolist(), strict=True))
     np.testing.assert_allclose(ranked.scores, [by_id[i] for i in ranked.item_ids.tolist()], rtol=1e-6)
-    assert set(ranked.timings_ms) == {"retrieve", "rank"}
+    assert set(ranked.timings_ms) == {"retrieve", "filter", "rank"}
 
 
 def test_batched_ranking_equals_one_at_a_time(tiny_bundle):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from serve_app.config import SERVING_DEFAULTS
-from serve_app.stages.user_features import UserFeatureReader
+from serve_app.stages.user_features import EVENT_TIME, UserFeatureReader
 
 ROW = {
     "user_embedding": [0.5, 0.25],
@@ -102,3 +102,26 @@ def test_cache_is_bounded():
     for user_id in range(10):
         asyncio.run(reader.aget(user_id))
     assert len(reader._cache) == 3
+
+
+def test_every_read_is_observed_with_its_time_and_the_rows_event_time(read):
+    """What metrics.FeatureMetrics records: the read's latency and, when the row says, its event time
+    (cache hits too: a cached row is as old as when the store computed it)."""
+    store, seen = Store(), []
+    stamped = {**ROW, EVENT_TIME: 1_700_000_000}
+    store_with_time = lambda user_id: dict(stamped)  # noqa: E731
+    reader = reader_of(store, timeout_s=0.05, ttl_s=60, observe=lambda r, ms: seen.append((r, ms)))
+    reader._fetch = store_with_time
+    read(reader, 7)
+    read(reader, 7)
+    store.mode = "hang"
+    reader._fetch = store
+    hung = read(reader, 8)
+    store.release.set()
+    assert [(r.source, r.event_time_s) for r, _ in seen] == [
+        ("online", 1_700_000_000.0),
+        ("cache", 1_700_000_000.0),
+        ("none", None),
+    ]
+    assert hung.degraded and seen[-1][1] >= 50  # the deadline, measured
+    assert all(ms >= 0 for _, ms in seen)

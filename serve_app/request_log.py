@@ -1,0 +1,82 @@
+"""Structured request logs: one line per sampled request, to follow a request across replicas.
+
+The line goes to Serve's logger (`ray.serve`), so it lands in the ingress replica's log file next to
+Serve's own lines, carrying Serve's `request_id`, `deployment` and `replica` fields; with
+`logging_config: {encoding: JSON}` (cluster/serve_config*.yaml) every line is one JSON object and our
+fields sit under the `recsys` key. The request id is the one the client sent as X-Request-ID (or the
+one the proxy made), which Serve also stamps on the stage replicas' lines of the same request, so
+`grep <id>` over the session's `logs/serve/` follows it through every hop. No ray import.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from serve_app.metrics import outcome_of
+from serve_app.stages.scored import Scored
+
+SERVE_LOGGER = "ray.serve"
+
+
+class RequestLog:
+    def __init__(
+        self, sample_rate: float, topology: str, logger: logging.Logger | None = None, seed: int | None = None
+    ) -> None:
+        self.sample_rate, self.topology = sample_rate, topology
+        self.logger = logger or logging.getLogger(SERVE_LOGGER)
+        self.rng = random.Random(seed)
+
+    def configure(self, sample_rate: float) -> None:
+        self.sample_rate = sample_rate
+
+    def _sampled(self) -> bool:
+        return self.sample_rate >= 1 or (self.sample_rate > 0 and self.rng.random() < self.sample_rate)
+
+    def answered(self, request_id: str, user_id: int, k: int, result: Scored, elapsed_ms: float) -> bool:
+        """Log an answered request when it is sampled; True if it was."""
+        if not self._sampled():
+            return False
+        outcome, reason = outcome_of(result)
+        self._emit(
+            outcome,
+            {
+                "request_id": request_id,
+                "outcome": outcome,
+                "reason": reason,
+                "user_id": user_id,
+                "k": k,
+                "items": len(result.item_ids[:k]),
+                "bundle_version": result.bundle_version,
+                "fallback": result.fallback,
+                "degraded_reason": result.reason,
+                "timings_ms": {**{s: round(ms, 3) for s, ms in result.timings_ms.items()}},
+                "total_ms": round(elapsed_ms, 3),
+                "filtered": dict(result.filtered),
+                "topology": self.topology,
+            },
+        )
+        return True
+
+    def refused(self, request_id: str | None, status: int, code: str) -> bool:
+        """Log a request answered with an error when it is sampled; True if it was."""
+        if not self._sampled():
+            return False
+        outcome = "rejected" if status >= 500 else "invalid"
+        self._emit(
+            outcome,
+            {
+                "request_id": request_id,
+                "outcome": outcome,
+                "reason": code,
+                "status": status,
+                "topology": self.topology,
+            },
+        )
+        return True
+
+    def _emit(self, outcome: str, fields: dict[str, Any]) -> None:
+        self.logger.info(
+            "request %s %s", fields["request_id"], outcome, extra={"recsys": fields, "log_to_stderr": False}
+        )
