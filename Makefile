@@ -9,6 +9,8 @@ REPO ?= feature_repo
 # make run SERVE_CONFIG=cluster/serve_config.colocated.yaml THROUGHPUT_OPTIMIZED=1  (see README, Topologies)
 SERVE_CONFIG ?= cluster/serve_config.yaml
 THROUGHPUT_OPTIMIZED ?=
+# make run PROMETHEUS=off   (auto: start one when the prometheus binary is installed; see README, Operating it)
+PROMETHEUS ?= auto
 # Ray's token auth, always on: serve_app/local_cluster.py gives each head it starts its own token.
 export RAY_AUTH_MODE = token
 export RAY_USAGE_STATS_ENABLED ?= 0
@@ -31,7 +33,7 @@ build: install
 
 run: install
 	@test -e $(ARTIFACTS)/current || $(MAKE) --no-print-directory build
-	$(BIN)/python -m serve_app.local_cluster start --config $(SERVE_CONFIG) \
+	$(BIN)/python -m serve_app.local_cluster start --config $(SERVE_CONFIG) --prometheus $(PROMETHEUS) \
 		$(if $(filter 1,$(THROUGHPUT_OPTIMIZED)),--throughput-optimized)
 
 stop:

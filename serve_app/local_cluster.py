@@ -88,7 +88,7 @@ def start_head(
     """
     if throughput_optimized:
         env = {**(env or {}), "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard, metrics = _free_port(), _free_port(), _free_port()
     # Short and unique per checkout: Ray's socket paths must stay under 107 characters.
     temp_dir = (
         Path(tempfile.gettempdir()) / f"recsys-ray-{hashlib.sha1(str(state_file).encode()).hexdigest()[:8]}"
@@ -108,6 +108,7 @@ def start_head(
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            f"--metrics-export-port={metrics}",  # known in advance: `make run` prints it
             "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
         ],
@@ -122,6 +123,8 @@ def start_head(
         "gcs": f"127.0.0.1:{gcs}",
         "dashboard": f"http://127.0.0.1:{dashboard}",
         "temp_dir": str(temp_dir),
+        "session_dir": str(temp_dir / "session_latest"),
+        "metrics": f"http://127.0.0.1:{metrics}/metrics",
         "throughput_optimized": throughput_optimized,
         "token_path": str(token),
     }
@@ -209,6 +212,7 @@ def stop(state_file: Path = STATE) -> bool:
     for p in tree:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGTERM)
+    tree += _prometheus_processes(state)
     _, alive = psutil.wait_procs(tree, timeout=15)
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -219,6 +223,25 @@ def stop(state_file: Path = STATE) -> bool:
     return bool(tree)
 
 
+def start_prometheus(state: dict, state_file: Path = STATE, scrape_interval_s: float | None = None) -> str:
+    """Prometheus scraping this head's session, recorded in the state so `stop` ends it too."""
+    from serve_app import prometheus
+
+    run_dir = state_file.parent / f"{state_file.stem}-prometheus"
+    proc, url = prometheus.start_for_session(Path(state["session_dir"]), run_dir, scrape_interval_s)
+    state["prometheus"] = {"pid": proc.pid, "url": url}
+    state_file.write_text(json.dumps(state))
+    return url
+
+
+def _prometheus_processes(state: dict) -> list[psutil.Process]:
+    pid = state.get("prometheus", {}).get("pid")
+    try:
+        return [psutil.Process(pid)] if pid else []
+    except psutil.NoSuchProcess:
+        return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve_app.local_cluster")
     parser.add_argument("action", choices=["start", "stop"])
@@ -227,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
         "--throughput-optimized",
         action="store_true",
         help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1: the ingress also serves on its own port (direct ingress)",
+    )
+    parser.add_argument(
+        "--prometheus",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="start a Prometheus scraping the cluster (auto: when the prometheus binary is installed)",
     )
     args = parser.parse_args(argv)
     if args.action == "stop":
@@ -249,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.throughput_optimized:  # prefer the ingress's own port: it skips the proxy hop
             direct = [p for p in http_ports(state) if p != port]
             base = f"http://127.0.0.1:{direct[0]}" if direct else base
+        prometheus_line = _maybe_prometheus(state, args.prometheus)
     except Exception:
         stop()
         raise
@@ -258,8 +288,23 @@ Try:
   curl -s -X POST {base}/recommend -H 'Content-Type: application/json' \\
        -d '{{"user_id": 1, "k": 5}}'
 API docs: {base}/docs     Stop it with: make stop
+Metrics (Prometheus text, names ray_recsys_*): {state["metrics"]}
+{prometheus_line}
 """)
     return 0
+
+
+def _maybe_prometheus(state: dict, mode: str) -> str:
+    from serve_app import prometheus
+
+    if mode == "off" or (mode == "auto" and prometheus.binary() is None):
+        why = "not asked for" if mode == "off" else "not installed: apt-get install prometheus"
+        return f"Prometheus: {why} (README, Operating it)"
+    url = start_prometheus(state)
+    return (
+        f"Prometheus: {url} (alerts: {url}/alerts; dashboard to import into Grafana: "
+        "cluster/grafana/recsys_dashboard.json)"
+    )
 
 
 if __name__ == "__main__":
