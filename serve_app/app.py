@@ -103,7 +103,7 @@ class Ingress:
             if feature_repo is None:
                 raise ValueError("the colocated topology needs a feature_repo")
             self.state = ServingState(base)
-            observe = FeatureMetrics(topology).observe
+            observe = FeatureMetrics(topology, self.metrics.latency).observe  # one histogram per process
             self.reader = open_reader(feature_repo, feature_store_yaml, base, observe)
             self.recall = RecallMonitor(RecallGauge().publish, base.recall_sample_rate, base.n_candidates)
             stages = local_stages(self.state, self.reader, self._sample_recall)

@@ -222,10 +222,10 @@ class FeatureMetrics:
     """What a user-features read cost and how old its features were (`recsys_user_feature_age_s`:
     now minus the event time the online store holds for the user's row), wherever the reader runs."""
 
-    def __init__(self, topology: str) -> None:
+    def __init__(self, topology: str, latency=None) -> None:  # latency: an existing stage_latency
         from ray.serve.metrics import Histogram
 
-        self.latency = stage_latency(topology)
+        self.latency = latency if latency is not None else stage_latency(topology)
         self.age = Histogram(
             "recsys_user_feature_age_s",
             description="Age of the user features a request used (now - their event time), seconds",

@@ -210,3 +210,53 @@ def test_prometheus_sees_every_stage_outcome_and_monitor_and_every_dashboard_que
     assert set(ours[0]["timings_ms"]) >= {"retrieve", "filter", "rank"}
     hops = {str(line.get("deployment")).removeprefix("recsys_") for line in lines}  # Serve: app_deployment
     assert hops >= {"Ingress", "UserFeatures", "Retriever", "Ranker"}, hops
+
+
+def bad_index_bundle(src: Path, dest: Path) -> Path:
+    """A copy of `src` whose index is IVF with a single probe over the same item vectors: valid (its
+    checksums and parameters agree), but it misses most of the exact top-N."""
+    import faiss
+
+    from serve_app.bundle import sha256
+
+    shutil.copytree(src, dest)
+    bundle = load_bundle(src)
+    vectors = bundle.index.vectors(np.arange(bundle.index.ntotal))
+    index, params = build_index(vectors, IndexConfig(kind="ivf", ivf_nlist=64, ivf_nprobe=1))
+    faiss.write_index(index.index, str(dest / "index.faiss"))
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["index"], manifest["version"] = params, "bad-index"
+    manifest["files"]["index.faiss"]["sha256"] = sha256(dest / "index.faiss")
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_serving_a_bad_index_drops_the_recall_gauge_and_the_live_alert_rule_matches(
+    cluster, built, tmp_path
+) -> None:
+    """Roll the Retriever onto a one-probe IVF index: the live gauge falls under the alert threshold
+    and the loaded rule goes pending (it fires after its 10 minutes: promtool shows that part above)."""
+    from serve_app import local_cluster
+
+    state, base, url = cluster
+    bad = bad_index_bundle(built.bundle, tmp_path / "bad")
+    config = yaml.safe_load((ROOT / "cluster" / "serve_config.yaml").read_text())
+    config["applications"][0]["args"].update(recall_sample_rate=1.0, request_log_sample_rate=1.0)
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "Retriever":
+            deployment["user_config"] = {"bundle": str(bad)}
+    rolled = tmp_path / "serve_config.bad-index.yaml"
+    rolled.write_text(yaml.safe_dump(config))
+    local_cluster.deploy(state, rolled, http_port=int(base.rsplit(":", 1)[1]))
+    users = [int(u) for u in load_bundle(built.bundle).history.user_ids[:40]]
+    deadline, low = time.monotonic() + 180, []
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while time.monotonic() < deadline and not low:
+            for user_id in users:
+                assert client.post("/recommend", json={"user_id": user_id, "k": 10}).status_code == 200
+            low = prometheus.query(url, "min(ray_recsys_ann_recall) < 0.8")
+    assert low, "the recall gauge never fell under 0.8 with a one-probe index"
+    pending = prometheus.wait_for(url, 'ALERTS{alertname="RecsysAnnRecallLow"}', 60)
+    assert pending and pending[0]["metric"]["alertstate"] in ("pending", "firing"), pending
