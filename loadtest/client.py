@@ -31,6 +31,7 @@ class Level:
     port: int
     drain_s: float = 5.0  # how long in-flight requests may finish after the window closes
     timeout_s: float = 10.0  # per request; the Serve proxy's own request_timeout_s is 10 s
+    timeline: bool = False  # keep every request's (send time, latency, status, degraded): loadtest.chaos
 
 
 @dataclass
@@ -48,14 +49,19 @@ class Tally:
     last: float = 0.0
     cpu_s: float = 0.0
     connections: int = 0
+    # With Level.timeline: (scheduled send time, latency ms, status (0: no answer), degraded) per request
+    events: list[tuple[float, float, int, bool]] | None = None
 
     def record(self, t0: float, t1: float, status: int, body: bytes, debug: bool) -> None:
         self.last = max(self.last, t1)
         self.statuses[status] = self.statuses.get(status, 0) + 1
+        degraded = b'"degraded":true' in body
+        if self.events is not None:
+            self.events.append((t0, (t1 - t0) * 1000, status, degraded))
         if 200 <= status < 300:
             self.latencies_ms.append((t1 - t0) * 1000)
             # Byte searches instead of json.loads: parsing every answer would make the client the cost.
-            self.degraded += b'"degraded":true' in body
+            self.degraded += degraded
             if (i := body.find(b'"fallback":"')) >= 0:
                 reason = body[i + 12 : body.find(b'"', i + 12)].decode()
                 self.fallback[reason] = self.fallback.get(reason, 0) + 1
@@ -112,10 +118,14 @@ async def _one(conn: Conn, payload: Payload, t0: float, level: Level, tally: Tal
             status, body = await conn.request(payload[0])
     except TimeoutError:
         tally.timeouts += 1
+        if tally.events is not None:
+            tally.events.append((t0, (time.perf_counter() - t0) * 1000, 0, False))
         conn.close()
         return False
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
         tally.errors += 1
+        if tally.events is not None:
+            tally.events.append((t0, (time.perf_counter() - t0) * 1000, 0, False))
         conn.close()
         await asyncio.sleep(0.01)  # a refused connection must not turn into a busy loop
         return False
@@ -196,7 +206,7 @@ async def _open(
 
 
 async def _run(level: Level, share: float, payloads: list[Payload], start_at: float, seed: int) -> Tally:
-    tally = Tally()
+    tally = Tally(events=[] if level.timeline else None)
     cpu0 = time.process_time()
     if share > 0:
         if level.mode == "closed":
@@ -207,6 +217,8 @@ async def _run(level: Level, share: float, payloads: list[Payload], start_at: fl
     if tally.start:  # perf_counter is per process: wall time lets the parent line workers up
         offset = time.time() - time.perf_counter()
         tally.start, tally.last = tally.start + offset, tally.last + offset
+        if tally.events is not None:
+            tally.events = [(t + offset, ms, status, d) for t, ms, status, d in tally.events]
     return tally
 
 

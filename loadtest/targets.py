@@ -107,6 +107,7 @@ def served_target(
     try:
         local_cluster.deploy(state, config, http_port=port)
         local_cluster.wait_healthy(f"http://127.0.0.1:{port}", state, timeout_s=300)
+        proxy_port = port
         if throughput_optimized:
             port = _direct_ingress_port(state, proxy_port=port)
         healthy_s = time.monotonic() - started
@@ -121,6 +122,7 @@ def served_target(
             "config": str(config),
             "throughput_optimized": throughput_optimized,
             "port": port,
+            "proxy_port": proxy_port,
         }
         yield port, tree(state["pid"]), info
         failed = False

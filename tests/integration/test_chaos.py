@@ -1,0 +1,59 @@
+"""The chaos harness, shortened: real faults under real open-loop load, with the failure bounds asserted.
+
+Correctness, not speed: how many requests fail and whether any waits past its deadline, not how fast
+they are (that is the benchmark's job). The full run and its report are `python -m loadtest.chaos`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from loadtest import chaos
+from loadtest.client import Tally
+
+DEADLINE_S = 1.0  # request_timeout_s in cluster/serve_config.yaml
+SLACK_S = 0.1
+
+
+def test_summary_counts_failures_degraded_answers_and_the_last_bad_request() -> None:
+    t0 = 1_000.0
+    tally = Tally(events=[(t0 + 0.1, 5.0, 200, False), (t0 + 1.0, 50.0, 503, False)])
+    tally.events += [
+        (t0 + 2.0, 900.0, 200, True),
+        (t0 + 3.0, 4.0, 200, False),
+        (t0 + 3.5, 10_000.0, 0, False),
+    ]
+    tally.timeouts = 2  # one of them recorded as an event (status 0), one left unanswered at the drain
+    outcome = chaos.summarise("Ranker", [tally], fault_at=t0 + 0.5)
+    assert (outcome.requests, outcome.failed, outcome.degraded) == (6, 3, 1)
+    assert outcome.max_ms == 10_000.0 and outcome.recovered_s == 3.0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_faults_cost_no_failed_request_and_no_wait_past_the_deadline(built, tmp_path) -> None:
+    """At a modest rate: a stage replica SIGKILLed (its in-flight requests degrade to the retrieval
+    order or the popularity list), the online store locked for 3 s, a corrupt bundle rolled out."""
+    opts = argparse.Namespace(
+        bundle=built.bundle,
+        repo=built.repo,
+        config=chaos.ROOT / "cluster" / "serve_config.yaml",
+        throughput_optimized=False,
+        rate=15.0,
+        window=8.0,
+        kill_at=2.5,
+        outage=3.0,
+        faults="Ranker,Retriever,store,corrupt_bundle",
+        out=tmp_path,
+    )
+    report = chaos.run(opts)
+    by_fault = {f["fault"]: f for f in report["faults"]}
+    assert set(by_fault) == {"Ranker", "Retriever", "store", "corrupt_bundle"}
+    for name, f in by_fault.items():
+        assert f["requests"] >= 0.8 * opts.rate * opts.window, (name, f)
+        assert f["failed"] == 0, (name, f)
+        assert f["max_ms"] <= (DEADLINE_S + SLACK_S) * 1000, (name, f)
+    assert by_fault["corrupt_bundle"]["degraded"] == 0
+    assert by_fault["store"]["degraded"] > 0  # the lock really reached the readers
