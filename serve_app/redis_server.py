@@ -86,7 +86,12 @@ def start(directory: Path, port: int | None = None, timeout_s: float = 10.0) -> 
             "--daemonize", "no",
             "--logfile", str(directory / "redis.log"),
         ]  # fmt: skip
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        # Its output goes to the log too (a bad option is reported before the log opens), never to the
+        # caller's pipes: a server holding `make run | tee`'s pipe open would keep the pipe from closing.
+        with (directory / "redis.log").open("ab") as log:
+            proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and proc.poll() is None:
             if ping(chosen):
@@ -94,9 +99,10 @@ def start(directory: Path, port: int | None = None, timeout_s: float = 10.0) -> 
             time.sleep(0.02)
         if proc.poll() is None:  # alive but silent: not ours to leave behind
             stop(RedisServer(proc.pid, chosen, str(directory)))
-    raise RuntimeError(
-        f"redis-server did not answer PING within {timeout_s:.0f} s; see {directory}/redis.log"
-    )
+            why = f"did not answer PING within {timeout_s:.0f} s"
+        else:
+            why = f"exited with status {proc.returncode}"
+    raise RuntimeError(f"redis-server on port {chosen} {why}; see {directory / 'redis.log'}")
 
 
 def _ours(server: RedisServer) -> psutil.Process | None:
