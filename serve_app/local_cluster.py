@@ -8,6 +8,7 @@ Ray's token authentication is on (`RAY_AUTH_MODE=token`): each head gets a fresh
 0600 file next to its state (`RAY_AUTH_TOKEN_PATH`), which `ray start`, `serve deploy` and every
 process of the cluster read; calls to the dashboard's REST API carry it as a bearer token. Without
 it, anyone who reaches one of the cluster's ports could submit a job and run code.
+
 `--store redis` (`make run STORE=redis`): a loaded redis-server under `.run/redis/` as the online store
 (serve_app/redis_store.py), recorded in the state file, so `stop` ends it too.
 """
