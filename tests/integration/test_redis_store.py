@@ -26,6 +26,7 @@ from serve_app import redis_server
 from serve_app.bundle import load_bundle
 from serve_app.config import SERVING_DEFAULTS
 from serve_app.errors import ConfigError
+from serve_app.features import USER_EMBEDDING, USER_EMBEDDING_MODEL, USER_FEATURES
 from serve_app.offline import feast_ops
 from serve_app.redis_store import REDIS_ENV, REDIS_YAML
 from serve_app.request_flow import in_process_flow
@@ -117,13 +118,11 @@ def test_a_push_lands_in_redis_and_the_reader_sees_it(built, on_redis):
     before = feast_fetcher(built.repo, on_redis.yaml)(user)
     assert before is not None
     changed = {"user_n_interactions": before["user_n_interactions"] + 1_000, "user_avg_rating": 1.25}
-    row = {
-        **before,
-        **changed,
-        "user_id": user,
-        # Newer than the materialized row: Feast's Redis writer keeps the newest by event time.
-        "event_timestamp": pd.Timestamp(on_redis.loaded_until + timedelta(minutes=1)),
-    }
+    # Newer than the materialized row: Feast's Redis writer keeps the newest by event time. Whole
+    # seconds: Feast answers event times in seconds.
+    pushed_at = pd.Timestamp(on_redis.loaded_until + timedelta(minutes=1)).floor("s")
+    features = {name: before[name] for name in (USER_EMBEDDING, USER_EMBEDDING_MODEL, *USER_FEATURES)}
+    row = {**features, **changed, "user_id": user, "event_timestamp": pushed_at}
     store = FeatureStore(repo_path=str(built.repo), fs_yaml_file=on_redis.yaml)
     store.push("user_push", pd.DataFrame([row]), to=PushMode.ONLINE)
     reader = UserFeatureReader(feast_fetcher(built.repo, on_redis.yaml), COMPARE)
@@ -133,6 +132,7 @@ def test_a_push_lands_in_redis_and_the_reader_sees_it(built, on_redis):
         reader.close()
     assert result.source == "online" and not result.degraded
     assert {name: result.values[name] for name in changed} == changed
+    assert result.event_time_s == pushed_at.timestamp(), "the pushed row, with its event time"
     np.testing.assert_array_equal(result.embedding, np.asarray(before["user_embedding"], np.float32))
     assert feast_fetcher(built.repo)(user) == before, "a push to Redis leaves the SQLite store alone"
 
