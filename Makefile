@@ -11,6 +11,8 @@ SERVE_CONFIG ?= cluster/serve_config.yaml
 THROUGHPUT_OPTIMIZED ?=
 # make run PROMETHEUS=off   (auto: start one when the prometheus binary is installed; see README, Operating it)
 PROMETHEUS ?= auto
+# make run STORE=redis: the online store is a redis-server started under .run/ (see README, Redis online store)
+STORE ?= sqlite
 # Ray's token auth, always on: serve_app/local_cluster.py gives each head it starts its own token.
 export RAY_AUTH_MODE = token
 export RAY_USAGE_STATS_ENABLED ?= 0
@@ -34,6 +36,7 @@ build: install
 run: install
 	@test -e $(ARTIFACTS)/current || $(MAKE) --no-print-directory build
 	$(BIN)/python -m serve_app.local_cluster start --config $(SERVE_CONFIG) --prometheus $(PROMETHEUS) \
+		--store $(STORE) \
 		$(if $(filter 1,$(THROUGHPUT_OPTIMIZED)),--throughput-optimized)
 
 stop:

@@ -8,6 +8,9 @@ Ray's token authentication is on (`RAY_AUTH_MODE=token`): each head gets a fresh
 0600 file next to its state (`RAY_AUTH_TOKEN_PATH`), which `ray start`, `serve deploy` and every
 process of the cluster read; calls to the dashboard's REST API carry it as a bearer token. Without
 it, anyone who reaches one of the cluster's ports could submit a job and run code.
+
+`--store redis` (`make run STORE=redis`): a loaded redis-server under `.run/redis/` as the online store
+(serve_app/redis_store.py), recorded in the state file, so `stop` ends it too.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from pathlib import Path
 import httpx
 import psutil
 import yaml
+
+from serve_app import redis_server, redis_store
+from serve_app.config import resolve_path
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".run" / "cluster.json"
@@ -144,11 +150,25 @@ def start_head(
     raise RuntimeError(f"Ray head did not come up within 120 s; see {log.name}")
 
 
-def deploy(state: dict, config: Path, http_port: int | None = None) -> Path:
-    """`serve deploy` the config (with its HTTP port replaced when asked) to the head in `state`."""
-    if http_port is not None:
+def start_redis(state: dict, repo: Path, state_file: Path = STATE) -> redis_server.RedisServer:
+    """A fresh redis-server under the state file's folder, loaded from `repo`; recorded in the state
+    before the load (so `stop` ends it even when the load fails)."""
+
+    def record(server: redis_server.RedisServer) -> None:
+        state["redis"] = server.to_dict()
+        state_file.write_text(json.dumps(state))
+
+    return redis_store.start_loaded(state_file.parent / "redis", repo, record)
+
+
+def deploy(state: dict, config: Path, http_port: int | None = None, redis_address: str | None = None) -> Path:
+    """`serve deploy` the config to the head in `state` (on another HTTP port, or on Redis, when asked)."""
+    if http_port is not None or redis_address is not None:
         data = yaml.safe_load(config.read_text())
-        data.setdefault("http_options", {})["port"] = http_port
+        if http_port is not None:
+            data.setdefault("http_options", {})["port"] = http_port
+        if redis_address is not None:
+            redis_store.on_redis(data, redis_address)
         config = Path(state["temp_dir"] + "-serve_config.yaml")
         config.write_text(yaml.safe_dump(data))
     subprocess.run(
@@ -200,7 +220,8 @@ def http_ports(state: dict, app: str = "recsys") -> list[int]:
 
 
 def stop(state_file: Path = STATE) -> bool:
-    """Terminate the process tree of the head this checkout started; True if there was one."""
+    """Terminate the process tree of the head this checkout started, and its redis-server if it has
+    one; True if there was either."""
     if not state_file.exists():
         return False
     state = json.loads(state_file.read_text())
@@ -217,10 +238,11 @@ def stop(state_file: Path = STATE) -> bool:
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
+    stopped_redis = "redis" in state and redis_server.stop(redis_server.RedisServer(**state["redis"]))
     state_file.unlink(missing_ok=True)
     if state.get("token_path"):
         Path(state["token_path"]).unlink(missing_ok=True)
-    return bool(tree)
+    return bool(tree) or stopped_redis
 
 
 def start_prometheus(state: dict, state_file: Path = STATE, scrape_interval_s: float | None = None) -> str:
@@ -257,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="start a Prometheus scraping the cluster (auto: when the prometheus binary is installed)",
     )
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "redis"],
+        default="sqlite",
+        help="the online store: the repo's SQLite file, or a redis-server started and loaded here",
+    )
     args = parser.parse_args(argv)
     if args.action == "stop":
         print(
@@ -268,11 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     if STATE.exists() and _alive(json.loads(STATE.read_text())):
         print("a local Ray cluster from this checkout is already running; `make stop` first to restart it")
         return 1
+    stop()  # what a run whose head died left behind (its redis-server, say)
     config = Path(args.config)
-    port = yaml.safe_load(config.read_text()).get("http_options", {}).get("port", 8000)
+    data = yaml.safe_load(config.read_text())
+    port = data.get("http_options", {}).get("port", 8000)
     state = start_head(throughput_optimized=args.throughput_optimized)
+    redis = None
     try:
-        deploy(state, config)
+        if args.store == "redis":
+            repo = resolve_path(data["applications"][0].get("args", {}).get("feature_repo", "feature_repo"))
+            redis = start_redis(state, repo)
+        deploy(state, config, redis_address=redis.address if redis else None)
         wait_healthy(f"http://127.0.0.1:{port}", state)
         base = f"http://127.0.0.1:{port}"
         if args.throughput_optimized:  # prefer the ingress's own port: it skips the proxy hop
@@ -282,8 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         stop()
         raise
+    store = f"Redis on {redis.address}" if redis else "SQLite"
     print(f"""
-The recommender is up on {base} (proxy: http://127.0.0.1:{port}; Ray dashboard: {state["dashboard"]}).
+The recommender is up on {base} (proxy: http://127.0.0.1:{port}; Ray dashboard: {state["dashboard"]};
+online store: {store}).
 Try:
   curl -s -X POST {base}/recommend -H 'Content-Type: application/json' \\
        -d '{{"user_id": 1, "k": 5}}'

@@ -118,13 +118,17 @@ def local_stages(
 
 
 def in_process_flow(
-    bundle_path: str | Path, repo: str | Path, settings: ServingSettings
+    bundle_path: str | Path,
+    repo: str | Path,
+    settings: ServingSettings,
+    fs_yaml: str | Path | None = None,
 ) -> tuple[RecommendFlow, UserFeatureReader]:
-    """The flow over local stages on `bundle_path` and the Feast repo `repo`, outside Serve: what
-    the colocated ingress runs, for the single-process baseline, the benchmark's floor and tests."""
+    """The flow over local stages on `bundle_path` and the Feast repo `repo` (its online store, or the
+    one of `fs_yaml`), outside Serve: what the colocated ingress runs, for the single-process
+    baseline, the benchmark's floor and tests."""
     state = ServingState(settings)
     state.apply(settings.with_overrides({"bundle": str(bundle_path)}))
-    fetch = feast_fetcher(repo)
+    fetch = feast_fetcher(repo, fs_yaml)
     fetch(-1)  # the first read loads the registry (~100s of ms): pay it before the first request
     reader = UserFeatureReader(fetch, settings)
     return RecommendFlow(local_stages(state, reader), state), reader

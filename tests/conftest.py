@@ -1,4 +1,5 @@
-"""Shared fixtures: real Feast repos on SQLite in temp dirs, and one real small build per session."""
+"""Shared fixtures: real Feast repos on SQLite in temp dirs, one real small build per session, and real
+redis-servers for the Redis online store."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from serve_app import redis_server
 from serve_app.local_cluster import new_token_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,3 +97,26 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     artifacts = base / "artifacts"
     path, _ = build(load_movielens(data_dir), BuildConfig(), repo, artifacts, progress=False)
     return Built(repo=repo, artifacts=artifacts, bundle=path, data_dir=data_dir)
+
+
+@dataclass
+class LocalRedis:
+    """The redis-server a test module runs; `server` changes when a test restarts it."""
+
+    server: redis_server.RedisServer
+
+    def restart(self) -> None:
+        """Start it again on the same port and directory (its append-only file restores the data)."""
+        self.server = redis_server.start(Path(self.server.dir), self.server.port)
+
+
+@pytest.fixture(scope="module")
+def local_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis]:
+    """A real redis-server on a free 127.0.0.1 port with its own data directory; stops only it."""
+    if redis_server.executable() is None:
+        pytest.skip("redis-server is not on PATH (.ci/run installs it: apt-get install redis-server)")
+    handle = LocalRedis(redis_server.start(tmp_path_factory.mktemp("redis")))
+    try:
+        yield handle
+    finally:
+        redis_server.stop(handle.server)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from feast import FeatureStore
 
 from serve_app.errors import ConfigError
@@ -23,24 +24,51 @@ from serve_app.features import FEATURE_SERVICE, ITEM_FEATURES, USER_FEATURES
 USER_VIEW, ITEM_VIEW = "user_features", "item_features"  # feature_repo/definitions.py
 
 
-def feast_cli(repo: Path, *args: str) -> str:
+def feast_cli(repo: Path, *args: str, fs_yaml: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """`feast -c repo [-f fs_yaml] args...`; `env` is added to this process's (REDIS_CONNECTION_STRING)."""
     exe = shutil.which("feast", path=str(Path(sys.executable).parent)) or shutil.which("feast")
     if exe is None:
         raise ConfigError("the `feast` command is not installed in this environment")
-    env = {**os.environ, "FEAST_DISABLE_USAGE": "1"}
-    proc = subprocess.run([exe, "-c", str(repo), *args], capture_output=True, text=True, env=env)
+    options = ["-c", str(repo), *(["-f", str(Path(fs_yaml).absolute())] if fs_yaml else [])]
+    full_env = {**os.environ, **(env or {}), "FEAST_DISABLE_USAGE": "1"}
+    proc = subprocess.run([exe, *options, *args], capture_output=True, text=True, env=full_env)
     if proc.returncode != 0:
-        raise ConfigError(f"`feast -c {repo} {' '.join(args)}` failed:\n{proc.stderr[-4000:]}")
+        raise ConfigError(f"`feast {' '.join(options)} {' '.join(args)}` failed:\n{proc.stderr[-4000:]}")
     return proc.stdout
 
 
-def apply(repo: Path) -> None:
-    feast_cli(repo, "apply")
+def apply(repo: Path, fs_yaml: Path | None = None, env: dict[str, str] | None = None) -> None:
+    feast_cli(repo, "apply", fs_yaml=fs_yaml, env=env)
 
 
-def materialize_incremental(repo: Path, end: datetime | None = None) -> None:
+def materialize_incremental(
+    repo: Path,
+    end: datetime | None = None,
+    fs_yaml: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> None:
     end = end or datetime.now(UTC)
-    feast_cli(repo, "materialize-incremental", end.strftime("%Y-%m-%dT%H:%M:%S"))
+    feast_cli(repo, "materialize-incremental", end.strftime("%Y-%m-%dT%H:%M:%S"), fs_yaml=fs_yaml, env=env)
+
+
+def load_online_store(repo: Path, fs_yaml: Path, env: dict[str, str], fresh: bool = False) -> datetime:
+    """`feast apply` + `feast materialize-incremental` into the online store of another
+    feature_store.yaml (the Redis one), up to where the default store's last load ended, so both serve
+    the same rows (a build stamps serving rows no earlier than the data's end, which may be past now).
+
+    `fresh`: the store was just created, empty; its registry's record of what was loaded (Feast starts
+    an incremental load where the last one ended) is removed first. Returns the end of the load.
+    """
+    if fresh:
+        registry = yaml.safe_load(Path(fs_yaml).read_text())["registry"]
+        path = Path(registry["path"] if isinstance(registry, dict) else registry)
+        (path if path.is_absolute() else repo / path).unlink(missing_ok=True)
+    apply(repo, fs_yaml, env)
+    end = datetime.now(UTC)
+    if (default_end := last_materialized(repo)) is not None:
+        end = max(end, default_end.to_pydatetime())
+    materialize_incremental(repo, end, fs_yaml, env)
+    return end
 
 
 def last_materialized(repo: Path) -> pd.Timestamp | None:

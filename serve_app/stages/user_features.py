@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from serve_app.config import SERVING_DEFAULTS, ServingSettings
+from serve_app.errors import ConfigError
 from serve_app.features import USER_EMBEDDING, USER_EMBEDDING_MODEL, USER_FEATURES, USER_ONLINE_SERVICE
 from serve_app.stages import fallback
 
@@ -50,6 +51,14 @@ def feast_fetcher(repo: str | Path, fs_yaml: str | Path | None = None) -> Fetch:
     from feast import FeatureStore
 
     store = FeatureStore(repo_path=str(repo), fs_yaml_file=Path(fs_yaml) if fs_yaml else None)
+    # Feast leaves an unset ${VAR} in the yaml as it is; the Redis client would then fail every read
+    # with a parse error, so say what is missing at start-up instead.
+    connection = str(getattr(store.config.online_store, "connection_string", ""))
+    if "${" in connection:
+        raise ConfigError(
+            f"{fs_yaml}: online store connection_string {connection!r} names an environment variable "
+            "that is not set here (REDIS_CONNECTION_STRING: host:port of the Redis online store)"
+        )
     service = store.get_feature_service(USER_ONLINE_SERVICE)
     names = (USER_EMBEDDING, USER_EMBEDDING_MODEL, *USER_FEATURES)
 
