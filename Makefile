@@ -35,12 +35,12 @@ build: install
 
 run: install
 	@test -e $(ARTIFACTS)/current || $(MAKE) --no-print-directory build
-	$(BIN)/python -m serve_app.local_cluster start --config $(SERVE_CONFIG) --prometheus $(PROMETHEUS) \
+	$(BIN)/python -m serve_app.make_run start --config $(SERVE_CONFIG) --prometheus $(PROMETHEUS) \
 		--store $(STORE) \
 		$(if $(filter 1,$(THROUGHPUT_OPTIMIZED)),--throughput-optimized)
 
 stop:
-	@test -x $(BIN)/python && $(BIN)/python -m serve_app.local_cluster stop || true
+	@test -x $(BIN)/python && $(BIN)/python -m serve_app.make_run stop || true
 
 test: install
 	$(BIN)/pytest -q

@@ -1,4 +1,4 @@
-"""`make run` / `make stop`: a local Ray head on 127.0.0.1 with the app deployed by `serve deploy`.
+"""Pieces of a local Ray cluster with the app deployed by `serve deploy` (`make run`: serve_app/make_run.py).
 
 The head runs as `ray start --head --block` in its own session; everything Ray starts for it (GCS,
 raylet, dashboard, workers) descends from that one process, so `stop` ends exactly that process tree
@@ -15,7 +15,6 @@ it, anyone who reaches one of the cluster's ports could submit a job and run cod
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -34,7 +33,6 @@ import psutil
 import yaml
 
 from serve_app import redis_server, redis_store
-from serve_app.config import resolve_path
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".run" / "cluster.json"
@@ -262,86 +260,3 @@ def _prometheus_processes(state: dict) -> list[psutil.Process]:
         return [psutil.Process(pid)] if pid else []
     except psutil.NoSuchProcess:
         return []
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve_app.local_cluster")
-    parser.add_argument("action", choices=["start", "stop"])
-    parser.add_argument("--config", default=str(ROOT / "cluster" / "serve_config.yaml"))
-    parser.add_argument(
-        "--throughput-optimized",
-        action="store_true",
-        help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1: the ingress also serves on its own port (direct ingress)",
-    )
-    parser.add_argument(
-        "--prometheus",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="start a Prometheus scraping the cluster (auto: when the prometheus binary is installed)",
-    )
-    parser.add_argument(
-        "--store",
-        choices=["sqlite", "redis"],
-        default="sqlite",
-        help="the online store: the repo's SQLite file, or a redis-server started and loaded here",
-    )
-    args = parser.parse_args(argv)
-    if args.action == "stop":
-        print(
-            "stopped the local Ray cluster"
-            if stop()
-            else "no local Ray cluster from this checkout is running"
-        )
-        return 0
-    if STATE.exists() and _alive(json.loads(STATE.read_text())):
-        print("a local Ray cluster from this checkout is already running; `make stop` first to restart it")
-        return 1
-    stop()  # what a run whose head died left behind (its redis-server, say)
-    config = Path(args.config)
-    data = yaml.safe_load(config.read_text())
-    port = data.get("http_options", {}).get("port", 8000)
-    state = start_head(throughput_optimized=args.throughput_optimized)
-    redis = None
-    try:
-        if args.store == "redis":
-            repo = resolve_path(data["applications"][0].get("args", {}).get("feature_repo", "feature_repo"))
-            redis = start_redis(state, repo)
-        deploy(state, config, redis_address=redis.address if redis else None)
-        wait_healthy(f"http://127.0.0.1:{port}", state)
-        base = f"http://127.0.0.1:{port}"
-        if args.throughput_optimized:  # prefer the ingress's own port: it skips the proxy hop
-            direct = [p for p in http_ports(state) if p != port]
-            base = f"http://127.0.0.1:{direct[0]}" if direct else base
-        prometheus_line = _maybe_prometheus(state, args.prometheus)
-    except Exception:
-        stop()
-        raise
-    store = f"Redis on {redis.address}" if redis else "SQLite"
-    print(f"""
-The recommender is up on {base} (proxy: http://127.0.0.1:{port}; Ray dashboard: {state["dashboard"]};
-online store: {store}).
-Try:
-  curl -s -X POST {base}/recommend -H 'Content-Type: application/json' \\
-       -d '{{"user_id": 1, "k": 5}}'
-API docs: {base}/docs     Stop it with: make stop
-Metrics (Prometheus text, names ray_recsys_*): {state["metrics"]}
-{prometheus_line}
-""")
-    return 0
-
-
-def _maybe_prometheus(state: dict, mode: str) -> str:
-    from serve_app import prometheus
-
-    if mode == "off" or (mode == "auto" and prometheus.binary() is None):
-        why = "not asked for" if mode == "off" else "not installed: apt-get install prometheus"
-        return f"Prometheus: {why} (README, Operating it)"
-    url = start_prometheus(state)
-    return (
-        f"Prometheus: {url} (alerts: {url}/alerts; dashboard to import into Grafana: "
-        "cluster/grafana/recsys_dashboard.json)"
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,108 @@
+"""`make run` and `make stop`: start a local cluster with the app, its online store and its Prometheus,
+and print how to reach them (the pieces are serve_app/local_cluster.py's)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from serve_app.config import resolve_path
+from serve_app.local_cluster import (
+    ROOT,
+    STATE,
+    _alive,
+    deploy,
+    http_ports,
+    start_head,
+    start_prometheus,
+    start_redis,
+    stop,
+    wait_healthy,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serve_app.make_run")
+    parser.add_argument("action", choices=["start", "stop"])
+    parser.add_argument("--config", default=str(ROOT / "cluster" / "serve_config.yaml"))
+    parser.add_argument(
+        "--throughput-optimized",
+        action="store_true",
+        help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1: the ingress also serves on its own port (direct ingress)",
+    )
+    parser.add_argument(
+        "--prometheus",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="start a Prometheus scraping the cluster (auto: when the prometheus binary is installed)",
+    )
+    parser.add_argument(
+        "--store",
+        choices=["sqlite", "redis"],
+        default="sqlite",
+        help="the online store: the repo's SQLite file, or a redis-server started and loaded here",
+    )
+    args = parser.parse_args(argv)
+    if args.action == "stop":
+        print(
+            "stopped the local Ray cluster"
+            if stop()
+            else "no local Ray cluster from this checkout is running"
+        )
+        return 0
+    if STATE.exists() and _alive(json.loads(STATE.read_text())):
+        print("a local Ray cluster from this checkout is already running; `make stop` first to restart it")
+        return 1
+    stop()  # what a run whose head died left behind (its redis-server, say)
+    config = Path(args.config)
+    data = yaml.safe_load(config.read_text())
+    port = data.get("http_options", {}).get("port", 8000)
+    state = start_head(throughput_optimized=args.throughput_optimized)
+    redis = None
+    try:
+        if args.store == "redis":
+            repo = resolve_path(data["applications"][0].get("args", {}).get("feature_repo", "feature_repo"))
+            redis = start_redis(state, repo)
+        deploy(state, config, redis_address=redis.address if redis else None)
+        wait_healthy(f"http://127.0.0.1:{port}", state)
+        base = f"http://127.0.0.1:{port}"
+        if args.throughput_optimized:  # prefer the ingress's own port: it skips the proxy hop
+            direct = [p for p in http_ports(state) if p != port]
+            base = f"http://127.0.0.1:{direct[0]}" if direct else base
+        prometheus_line = _maybe_prometheus(state, args.prometheus)
+    except Exception:
+        stop()
+        raise
+    store = f"Redis on {redis.address}" if redis else "SQLite"
+    print(f"""
+The recommender is up on {base} (proxy: http://127.0.0.1:{port}; Ray dashboard: {state["dashboard"]};
+online store: {store}).
+Try:
+  curl -s -X POST {base}/recommend -H 'Content-Type: application/json' \\
+       -d '{{"user_id": 1, "k": 5}}'
+API docs: {base}/docs     Stop it with: make stop
+Metrics (Prometheus text, names ray_recsys_*): {state["metrics"]}
+{prometheus_line}
+""")
+    return 0
+
+
+def _maybe_prometheus(state: dict, mode: str) -> str:
+    from serve_app import prometheus
+
+    if mode == "off" or (mode == "auto" and prometheus.binary() is None):
+        why = "not asked for" if mode == "off" else "not installed: apt-get install prometheus"
+        return f"Prometheus: {why} (README, Operating it)"
+    url = start_prometheus(state)
+    return (
+        f"Prometheus: {url} (alerts: {url}/alerts; dashboard to import into Grafana: "
+        "cluster/grafana/recsys_dashboard.json)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
