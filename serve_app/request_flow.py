@@ -98,9 +98,9 @@ def local_stages(
 
     def retrieve(user_id: int, n: int, exclude: tuple[int, ...]) -> asyncio.Future:
         async def run() -> Retrieved:
-            reads = await reader.aget_many([user_id])
+            read = await reader.atimed(user_id)  # one user: no gather, no extra task
             served = state.current
-            [result] = retrieve_read(served, reads, [n], [exclude])
+            [result] = retrieve_read(served, [read], [n], [exclude])
             if on_retrieved is not None:
                 on_retrieved(served, result.features)
             return result
