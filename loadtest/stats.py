@@ -90,7 +90,7 @@ def _name(p: psutil.Process) -> str:
         head = cmd[0] if cmd else p.name()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return "?"
-    if head.startswith("ray::"):  # the title carries the running method too: "UserFeatures.get"
+    if head.startswith("ray::"):  # the title carries the running method too: "Retriever.retrieve"
         title = head.split()[0].split(".")[0]
         return title.rsplit(":", 1)[-1] if "ServeReplica" in title else title[5:]
     if p.name().startswith("python") and len(cmd) > 1:  # Ray's agents and dashboard are scripts

@@ -148,8 +148,8 @@ def _direct_ingress_port(state: dict, proxy_port: int, timeout_s: float = 60) ->
 
 
 def _wait_ranked(port: int, bundle: Path, timeout_s: float = 180) -> None:
-    """/healthz answers as soon as the Ingress is up, while UserFeatures may still be importing Feast
-    (seconds of CPU): wait until a known user's answer has really been ranked, undegraded."""
+    """/healthz answers once every stage's replica is up, but the first answers may still be degraded
+    (a cold store read past its deadline): wait until a known user's answer is ranked, undegraded."""
     from loadtest.mix import bundle_ids
 
     users = bundle_ids(bundle)[0][:5].tolist()

@@ -15,7 +15,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.bundle import load_bundle
 from serve_app.config import AppArgs, ServingSettings, resolve_path
-from serve_app.deployments import Ranker, Retriever, UserFeatures, open_reader
+from serve_app.deployments import Ranker, Retriever, open_reader
 from serve_app.errors import RETRY_AFTER_S, NotReady, Overloaded
 from serve_app.http import create_api
 from serve_app.metrics import FeatureMetrics, RecallGauge, ServeRequestMetrics
@@ -65,9 +65,10 @@ def is_backpressure(exc: BaseException) -> bool:
 )
 @serve.ingress(api)
 class Ingress:
-    """graph: the stages are handles to their deployments, and this replica holds only what settling a
-    fallback needs (popularity list, histories). colocated: every stage runs here, over the whole
-    bundle (one hop instead of three, no cross-request batching; scale it with Ingress replicas)."""
+    """graph: the stages are handles to their deployments (Retriever, which reads the user features,
+    and Ranker), and this replica holds only what settling a fallback needs (popularity list,
+    histories). colocated: every stage runs here, over the whole bundle (no handle hops, no
+    cross-request batching; scale it with Ingress replicas)."""
 
     def __init__(
         self,
@@ -75,7 +76,6 @@ class Ingress:
         topology: Literal["graph", "colocated"],
         feature_repo: str | None = None,
         feature_store_yaml: str | None = None,
-        user_features: DeploymentHandle | None = None,
         retriever: DeploymentHandle | None = None,
         ranker: DeploymentHandle | None = None,
     ) -> None:
@@ -87,18 +87,12 @@ class Ingress:
         api.state.on_error = self.refused  # every error answer, 4xx and 503, is counted
         self.reader = None
         self.stage_handles: dict[str, DeploymentHandle] = {}
-        self.readiness: dict[str, Any] = {}
         if topology == "graph":
-            if user_features is None or retriever is None or ranker is None:
-                raise ValueError("the graph topology needs the UserFeatures, Retriever and Ranker handles")
+            if retriever is None or ranker is None:
+                raise ValueError("the graph topology needs the Retriever and Ranker handles")
             self.state = ServingState(base, parts=("history",))
-            stages = Stages(user_features.get.remote, retriever.retrieve.remote, ranker.rank.remote)
+            stages = Stages(retriever.retrieve.remote, ranker.rank.remote)
             self.stage_handles = {"retriever": retriever, "ranker": ranker}
-            self.readiness = {
-                "retriever": retriever.version.remote,
-                "ranker": ranker.version.remote,
-                "user_features": user_features.ready.remote,
-            }
         else:
             if feature_repo is None:
                 raise ValueError("the colocated topology needs a feature_repo")
@@ -158,9 +152,9 @@ class Ingress:
         """Ready when this replica holds a bundle and every stage it calls answers (a load balancer's
         readiness check: before that, answers would be fallbacks)."""
         version = self.state.current.bundle.version
-        for name, call in self.readiness.items():
+        for name, handle in self.stage_handles.items():
             try:
-                await asyncio.wait_for(call(), 2.0)
+                await asyncio.wait_for(handle.version.remote(), 2.0)
             except Exception as exc:
                 raise NotReady(f"{name} is not ready ({type(exc).__name__})") from exc
         return HealthResponse(status="ok", bundle_version=version)
@@ -207,7 +201,6 @@ def build_app(args: AppArgs) -> serve.Application:
     return ingress.bind(
         settings,
         "graph",
-        user_features=UserFeatures.options(user_config={}).bind(settings, repo, yaml),
-        retriever=Retriever.options(user_config={}).bind(settings),
+        retriever=Retriever.options(user_config={}).bind(settings, repo, yaml),
         ranker=Ranker.options(user_config={}).bind(settings),
     )

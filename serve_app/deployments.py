@@ -1,4 +1,4 @@
-"""Thin Serve wrappers around the pure stages: UserFeatures, Retriever, Ranker.
+"""Thin Serve wrappers around the pure stages: Retriever (which reads the user's features) and Ranker.
 
 Each deployment is constructed with the app's settings (its args) and gets its `user_config` through
 `reconfigure()`, laid over those settings (`ServingSettings.with_overrides`). Each loads only the parts
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from pydantic import ValidationError
 from ray import serve
 
 from serve_app.bundle import Part
@@ -19,9 +18,9 @@ from serve_app.metrics import BatchSizes, BundleInfo, FeatureMetrics, RecallGaug
 from serve_app.recall_monitor import RecallMonitor
 from serve_app.serving_state import ServingState
 from serve_app.stages.rank import rank_candidates
-from serve_app.stages.retrieve import query_vector, retrieve_batch
+from serve_app.stages.retrieve import Retrieved, query_vector, retrieve_read
 from serve_app.stages.scored import Scored
-from serve_app.stages.user_features import Observe, UserFeatureReader, UserFeatureResult, feast_fetcher
+from serve_app.stages.user_features import Observe, UserFeatureReader, feast_fetcher
 
 log = logging.getLogger("ray.serve")
 
@@ -39,37 +38,6 @@ def open_reader(
     except Exception as exc:  # a store down at start-up degrades requests; it must not block start-up
         log.warning("online store not reachable at start-up: %s", exc)
     return UserFeatureReader(fetch, settings, observe=observe)
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.1})
-class UserFeatures:
-    """One FeatureStore per replica, a deadline on every read, a small TTL cache."""
-
-    def __init__(self, settings: dict[str, Any], feature_repo: str, feature_store_yaml: str | None) -> None:
-        self.base = ServingSettings.model_validate(settings)
-        # The ingress records the other stages' times; this replica the reads it makes.
-        observe = FeatureMetrics("graph").observe
-        self.reader = open_reader(feature_repo, feature_store_yaml, self.base, observe)
-        self.configured = False
-
-    def reconfigure(self, config: dict[str, Any] | None) -> None:
-        """Like the bundle stages: a bad user_config fails the first deploy, and is refused (logged,
-        the current settings kept) on a replica that is already serving."""
-        try:
-            settings = self.base.with_overrides(config)
-        except ValidationError:
-            if not self.configured:
-                raise
-            log.exception("refusing user_config %s, keeping the current settings", config)
-            return
-        self.reader.configure(settings)
-        self.configured = True
-
-    async def get(self, user_id: int) -> UserFeatureResult:
-        return await self.reader.aget(user_id)
-
-    async def ready(self) -> bool:
-        return True
 
 
 class _BundleStage:
@@ -99,31 +67,45 @@ class _BundleStage:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
 class Retriever(_BundleStage):
-    """FAISS top-N over the bundle's index, minus seen, excluded and blocked items."""
+    """The user's features from the online store (50 ms deadline, TTL cache, degraded past it), then
+    FAISS top-N over the bundle's index, minus seen, excluded and blocked items. Reading the features
+    here, not in a deployment of their own, keeps the critical path at two hops and puts the read's
+    deadline in the process that waits on it: a store that hangs costs a request at most the deadline."""
 
     parts = frozenset(("index", "history"))
     batched = "retrieve"
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], feature_repo: str, feature_store_yaml: str | None) -> None:
         super().__init__(settings)
+        # Each read's latency and feature age are recorded here, where it runs (the ingress records
+        # the other stages' times from the answer).
+        observe = FeatureMetrics("graph").observe
+        self.reader = open_reader(feature_repo, feature_store_yaml, self.state.base, observe)
         self.recall = RecallMonitor(RecallGauge().publish, sample_rate=0.0, depth=1)  # see reconfigure
 
     def reconfigure(self, config: dict[str, Any] | None) -> None:
         super().reconfigure(config)
-        settings = self.state.current.settings
+        settings = self.state.current.settings  # what was applied, or kept when config was refused
+        self.reader.configure(settings)
         self.recall.configure(settings.recall_sample_rate, settings.n_candidates)
 
+    # Two batches at once: while one waits on the store (up to the features deadline when it hangs),
+    # the next is gathered and read instead of queueing behind it. FAISS itself runs on the loop, so
+    # the searches still take turns. max_ongoing_requests (32) covers both batches.
     @serve.batch(
         max_batch_size=SERVING_DEFAULTS.max_batch_size,
         batch_wait_timeout_s=SERVING_DEFAULTS.batch_wait_timeout_s,
+        max_concurrent_batches=2,
     )
     async def retrieve(
-        self, features: list[UserFeatureResult], n: list[int], exclude: list[tuple[int, ...]]
-    ) -> list[Scored]:
-        self.batch_sizes.observe(features)
+        self, user_id: list[int], n: list[int], exclude: list[tuple[int, ...]]
+    ) -> list[Retrieved]:
+        self.batch_sizes.observe(user_id)
+        reads = await self.reader.aget_many(user_id)
         served = self.state.current
-        out = retrieve_batch(served, list(zip(features, n, exclude, strict=True)))
+        out = retrieve_read(served, reads, n, exclude)
         bundle = served.bundle
+        features = [r.features for r in out]
         self.recall.offer(bundle.version, bundle.index, features, lambda f: query_vector(f, bundle)[0])
         return out
 
@@ -139,6 +121,6 @@ class Ranker(_BundleStage):
         max_batch_size=SERVING_DEFAULTS.max_batch_size,
         batch_wait_timeout_s=SERVING_DEFAULTS.batch_wait_timeout_s,
     )
-    async def rank(self, features: list[UserFeatureResult], candidates: list[Scored]) -> list[Scored]:
-        self.batch_sizes.observe(features)
-        return rank_candidates(self.state.current.bundle, list(zip(features, candidates, strict=True)))
+    async def rank(self, retrieved: list[Retrieved]) -> list[Scored]:
+        self.batch_sizes.observe(retrieved)
+        return rank_candidates(self.state.current.bundle, retrieved)

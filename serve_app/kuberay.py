@@ -46,8 +46,8 @@ KUBERNETES = {
     "feature_store_yaml": "feature_repo/feature_store.redis.yaml",
 }
 
-# Sizing, in the README's measurements (default catalogue): the graph's process tree holds 3.4 GiB
-# idle, about 1 GiB of it the dashboard, so one of its 4 replicas takes under 0.6 GiB; 0.75 leaves room
+# Sizing, in the README's measurements (default catalogue): the graph's process tree holds 3.2-3.4 GiB
+# idle, about 1 GiB of it the dashboard, so one of its 3 replicas takes under 0.6 GiB; 0.75 leaves room
 # for request-time allocations. The 1M catalogue's index is larger: raise it (or set
 # ray_actor_options.memory, which wins) before deploying that.
 REPLICA_MEMORY_GIB = Fraction(3, 4)

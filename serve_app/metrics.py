@@ -28,6 +28,9 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (
 )  # fmt: skip
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 OUTCOMES = ("ok", "degraded", "fallback", "rejected", "invalid")
+# Stage times recorded where the stage runs, not by the ingress from the answer's timings:
+# `FeatureMetrics` records every user-features read (with the features' age) in the process reading.
+RECORDED_WHERE_RUN = frozenset({"user_features"})
 
 
 def outcome_of(result: Scored) -> tuple[str, str]:
@@ -103,7 +106,8 @@ class ServeRequestMetrics(RequestMetrics):
         outcome, reason = outcome_of(result)
         self.requests.inc(tags={"outcome": outcome, "reason": reason})
         for stage, ms in result.timings_ms.items():
-            self.latency.observe(ms, tags={"stage": stage})
+            if stage not in RECORDED_WHERE_RUN:
+                self.latency.observe(ms, tags={"stage": stage})
         self.latency.observe(elapsed_ms, tags={"stage": "total"})
         self.candidates.observe(len(result.item_ids))
         for name, removed in result.filtered.items():

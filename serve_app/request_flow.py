@@ -1,10 +1,12 @@
-"""The request path, once: user features -> retrieve -> rank under one deadline, then settle fallbacks.
+"""The request path, once: user features + retrieve -> rank under one deadline, then settle fallbacks.
 
 The same `RecommendFlow` runs everywhere a request is answered: over Serve handles in the graph
 topology, over in-process stages (`local_stages`) in the colocated topology, the single-process
-baseline and the benchmark's floor. Stage callables return awaitables (Serve `DeploymentResponse`s, or
-tasks); the features response is handed on unawaited, so Serve resolves it where it is consumed and
-the graph never bounces through the ingress between stages. No ray import here.
+baseline and the benchmark's floor. Two stages: retrieval reads the user's features itself (the bundle
+holds its model's user vectors, so the features only freshen the vector and feed the ranker) and hands
+them on with the candidates. Stage callables return awaitables (Serve `DeploymentResponse`s, or tasks);
+the retrieval response is handed to the ranker unawaited: Serve's router waits for it to be ready and
+passes the ranker a reference, so the candidates never travel through the ingress. No ray import here.
 """
 
 from __future__ import annotations
@@ -21,17 +23,17 @@ from serve_app.schemas import ItemScore, RecommendRequest, RecommendResponse
 from serve_app.serving_state import Served, ServingState
 from serve_app.stages import fallback
 from serve_app.stages.rank import rank_candidates
-from serve_app.stages.retrieve import retrieve_batch
+from serve_app.stages.retrieve import Retrieved, retrieve_read
 from serve_app.stages.scored import Scored
 from serve_app.stages.user_features import UserFeatureReader, UserFeatureResult, feast_fetcher
 
 
 @dataclass(frozen=True)
 class Stages:
-    """`user_features(user_id)`, `retrieve(features, n, exclude)`, `rank(features, candidates)`: each
-    returns an awaitable that may also be passed on unawaited as an argument of the next stage."""
+    """`retrieve(user_id, n, exclude)` -> awaitable `Retrieved` (the user's features, read under their
+    own deadline, and the candidates); `rank(retrieved)` -> awaitable `Scored`, taking the retrieval
+    awaitable as it came, unawaited."""
 
-    user_features: Callable[..., Any]
     retrieve: Callable[..., Any]
     rank: Callable[..., Any]
 
@@ -54,27 +56,26 @@ class RecommendFlow:
     async def run(self, user_id: int, k: int, exclude: tuple[int, ...]) -> Scored:
         served = self.state.current
         deadline_s = served.settings.request_timeout_s
-        features = self.stages.user_features(user_id)
-        candidates = self.stages.retrieve(features, served.settings.n_candidates, exclude)
-        ranked = self.stages.rank(features, candidates)
+        retrieved = self.stages.retrieve(user_id, served.settings.n_candidates, exclude)
+        ranked = self.stages.rank(retrieved)
         try:
             result: Scored = await asyncio.wait_for(_awaited(ranked), deadline_s)
         except Exception as exc:
             self._raise_if_overload(exc, deadline_s)
-            result = await self._after_ranker_failure(served, candidates, exc, deadline_s)
+            result = await self._after_ranker_failure(served, retrieved, exc, deadline_s)
         return fallback.settle(result, served, user_id, k, exclude)
 
     async def _after_ranker_failure(
-        self, served: Served, candidates: Awaitable, exc: BaseException, deadline_s: float
+        self, served: Served, retrieved: Awaitable, exc: BaseException, deadline_s: float
     ) -> Scored:
         """Ranking failed or timed out: retrieval order if retrieval succeeded, else no candidates."""
         reason = fallback.stage_failure(exc, deadline_s)
         try:
-            retrieved: Scored = await asyncio.wait_for(_awaited(candidates), max(0.05, deadline_s / 4))
+            got: Retrieved = await asyncio.wait_for(_awaited(retrieved), max(0.05, deadline_s / 4))
         except Exception as retrieval_exc:
             self._raise_if_overload(retrieval_exc, deadline_s)
             return fallback.after_retriever_failure(served.bundle.version, reason)
-        return fallback.after_ranker_failure(retrieved, reason)
+        return fallback.after_ranker_failure(got.candidates, reason)
 
     def _raise_if_overload(self, exc: BaseException, deadline_s: float) -> None:
         if self.is_overload(exc):
@@ -92,29 +93,27 @@ def local_stages(
     reader: UserFeatureReader,
     on_retrieved: Callable[[Served, UserFeatureResult], None] | None = None,
 ) -> Stages:
-    """The three stages as local tasks over one process's state (no handle hops, no batching).
+    """The two stages as local tasks over one process's state (no handle hops, no batching).
     `on_retrieved(served, features)` sees every retrieval (the colocated ingress samples recall)."""
 
-    def user_features(user_id: int) -> asyncio.Future:
-        return asyncio.ensure_future(reader.aget(user_id))
-
-    def retrieve(features: Awaitable, n: int, exclude: tuple[int, ...]) -> asyncio.Future:
-        async def run() -> Scored:
-            served, feats = state.current, await features
-            result = retrieve_batch(served, [(feats, n, exclude)])[0]
+    def retrieve(user_id: int, n: int, exclude: tuple[int, ...]) -> asyncio.Future:
+        async def run() -> Retrieved:
+            read = await reader.atimed(user_id)  # one user: no gather, no extra task
+            served = state.current
+            [result] = retrieve_read(served, [read], [n], [exclude])
             if on_retrieved is not None:
-                on_retrieved(served, feats)
+                on_retrieved(served, result.features)
             return result
 
         return asyncio.ensure_future(run())
 
-    def rank(features: Awaitable, candidates: Awaitable) -> asyncio.Future:
+    def rank(retrieved: Awaitable[Retrieved]) -> asyncio.Future:
         async def run() -> Scored:
-            return rank_candidates(state.current.bundle, [(await features, await candidates)])[0]
+            return rank_candidates(state.current.bundle, [await retrieved])[0]
 
         return asyncio.ensure_future(run())
 
-    return Stages(user_features, retrieve, rank)
+    return Stages(retrieve, rank)
 
 
 def in_process_flow(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -60,6 +60,14 @@ def retrieve(
         if filter_ms is not None:
             filter_ms.append((time.perf_counter() - start) * 1000)
     return out
+
+
+class Retrieved(NamedTuple):
+    """What retrieval hands the ranker: the user's features, read by the retriever (the ranker's user
+    inputs), and the candidates. A (features, candidates) pair, as `rank.rank_candidates` takes it."""
+
+    features: UserFeatureResult
+    candidates: Scored
 
 
 def query_vector(features: UserFeatureResult, bundle: Bundle) -> tuple[np.ndarray | None, str | None]:
@@ -121,3 +129,18 @@ def retrieve_batch(
             )
     elapsed = (time.perf_counter() - start) * 1000  # the whole stage, filtering included
     return [replace(s, timings_ms={**s.timings_ms, "retrieve": elapsed}) for s in out if s is not None]
+
+
+def retrieve_read(
+    served: Served,
+    reads: Sequence[tuple[UserFeatureResult, float]],
+    n: Sequence[int],
+    exclude: Sequence[Sequence[int]],
+) -> list[Retrieved]:
+    """`retrieve_batch` over users whose features were just read (`UserFeatureReader.aget_many`: each
+    read with its milliseconds, which join the stage timings as `user_features`)."""
+    scored = retrieve_batch(served, [(f, k, e) for (f, _), k, e in zip(reads, n, exclude, strict=True)])
+    return [
+        Retrieved(f, replace(s, timings_ms={"user_features": ms, **s.timings_ms}))
+        for (f, ms), s in zip(reads, scored, strict=True)
+    ]

@@ -10,7 +10,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,12 +128,22 @@ class UserFeatureReader:
         return UserFeatureResult(user_id, {}, None, False, "none", reason)
 
     async def aget(self, user_id: int) -> UserFeatureResult:
-        """Waits at most timeout_s for the store; the call runs on the pool, the loop keeps serving."""
+        return (await self.atimed(user_id))[0]
+
+    async def atimed(self, user_id: int) -> tuple[UserFeatureResult, float]:
+        """The read and the milliseconds it took. Waits at most timeout_s for the store; the call runs
+        on the pool, the loop keeps serving."""
         start = time.perf_counter()
         result = await self._aget(user_id)
+        elapsed_ms = (time.perf_counter() - start) * 1000
         if self.observe is not None:
-            self.observe(result, (time.perf_counter() - start) * 1000)
-        return result
+            self.observe(result, elapsed_ms)
+        return result, elapsed_ms
+
+    async def aget_many(self, user_ids: Sequence[int]) -> list[tuple[UserFeatureResult, float]]:
+        """`atimed` for each user, all at once: a batch waits for its slowest read, at most timeout_s
+        (a read's wait on the pool's queue counts against its deadline), not for the sum of them."""
+        return list(await asyncio.gather(*(self.atimed(u) for u in user_ids)))
 
     async def _aget(self, user_id: int) -> UserFeatureResult:
         cached, hit = self._fresh(user_id)

@@ -77,7 +77,7 @@ def test_known_user_gets_k_distinct_unseen_items_equal_to_in_process(served, bui
         assert not seen & set(ids)
         assert scores == sorted(scores, reverse=True)
         assert body["fallback"] is None and body["degraded"] is False
-        assert {"retrieve", "rank", "total"} <= set(body["timings_ms"])
+        assert {"user_features", "retrieve", "filter", "rank", "total"} <= set(body["timings_ms"])
         expected = asyncio.run(reference.run(user_id, 10, ()))
         assert ids == expected.item_ids[:10].tolist()
         np.testing.assert_allclose(scores, expected.scores[:10], rtol=1e-5)
@@ -166,6 +166,30 @@ def test_online_store_unavailable_degrades_instead_of_failing(served, built):
     assert body["fallback"] is None and "online store" in body["degraded_reason"]
 
 
+def test_a_hanging_store_costs_a_graph_request_the_features_deadline(served, built):
+    """The Retriever reads the features itself, under user_features_timeout_ms (50 ms): with the store
+    hanging, the answer comes degraded within that deadline plus the hops, not the request's (5 s
+    here). The bound is generous: it tells a held deadline from a missed one, not a fast hop."""
+    client, args = served
+    user_id = known_users(built, 41)[-1]  # not read before: no cached features to fall back on
+    db = sqlite3.connect(built.repo / "data" / "online_store.db", timeout=0.1)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        start = time.perf_counter()
+        response = client.post("/recommend", json={"user_id": user_id, "k": 5, "debug": True})
+        elapsed = time.perf_counter() - start
+    finally:
+        db.rollback()
+        db.close()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["degraded"] is True and body["fallback"] is None and len(body["items"]) == 5
+    assert f"did not answer within {args.user_features_timeout_ms:.0f} ms" in body["degraded_reason"]
+    timeout_ms = args.user_features_timeout_ms
+    assert timeout_ms * 0.9 <= body["timings_ms"]["user_features"] < 500
+    assert elapsed < 0.5, f"{elapsed * 1000:.0f} ms with a {timeout_ms} ms features deadline"
+
+
 def ray_metrics(pattern: str, timeout_s: float = 90) -> str:
     """This node's Prometheus exposition from Ray's metrics agent, once it holds `pattern` (Ray
     exports application metrics every few seconds, under its `ray_` namespace)."""
@@ -207,6 +231,10 @@ def test_every_stage_and_outcome_is_exported_as_prometheus_metrics(served, built
     for stage in ("user_features", "retrieve", "filter", "rank", "total"):
         counts = series(text, latency, stage=stage, topology="graph", le="+Inf")
         assert counts and sum(counts) >= 3, f"no {stage} latencies"
+    # One read per answered request, recorded once: by the Retriever, where the read runs (the answer's
+    # timings carry it too, and the ingress must not count it again).
+    reads = sum(series(text, latency, stage="user_features", topology="graph", le="+Inf"))
+    assert reads <= sum(series(text, latency, stage="total", topology="graph", le="+Inf"))
     requests = "ray_recsys_requests_total"
     assert sum(series(text, requests, outcome="ok", deployment="Ingress")) >= 3
     assert series(text, requests, outcome="fallback", reason="unknown_user")

@@ -26,7 +26,7 @@ def test_config_matches_serves_schema_and_our_app_args():
     assert app.import_path == "serve_app.app:build_app"
     AppArgs.model_validate(app.args)  # unknown or mistyped args would fail the deploy
     deployments = {d.name: d for d in app.deployments}
-    assert set(deployments) == {"Ingress", "UserFeatures", "Retriever", "Ranker"}
+    assert set(deployments) == {"Ingress", "Retriever", "Ranker"}  # the Retriever reads the features
     for name in ("Retriever", "Ranker"):
         autoscaling = deployments[name].autoscaling_config
         assert autoscaling["target_ongoing_requests"] > 0 and autoscaling["max_replicas"] >= 1

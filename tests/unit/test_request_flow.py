@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 
+from serve_app.config import SERVING_DEFAULTS
 from serve_app.errors import Overloaded
 from serve_app.request_flow import RecommendFlow, Stages, local_stages
 from serve_app.serving_state import Served
 from serve_app.stages.rank import rank_batch, rank_candidates
-from serve_app.stages.retrieve import retrieve_batch
+from serve_app.stages.retrieve import retrieve_batch, retrieve_read
 from serve_app.stages.user_features import UserFeatureReader
 from tests.unit.conftest import served, user
 
@@ -23,37 +26,29 @@ class Held:
 
 
 def stages(bundle, features, *, retrieve_fails=None, rank_fails=None, rank_stalls=False) -> RecommendFlow:
-    """Stage callables shaped like handle.method.remote: they take unawaited upstream results."""
+    """Stage callables shaped like handle.method.remote: rank takes the unawaited retrieval."""
     state = Held(served(bundle))
 
-    def user_features(user_id):
-        return asyncio.ensure_future(_value(features))
-
-    def retrieve(features_response, n, exclude):
+    def retrieve(user_id, n, exclude):
         async def run():
-            f = await features_response
             if retrieve_fails:
                 raise retrieve_fails
-            return retrieve_batch(state.current, [(f, n, exclude)])[0]
+            return retrieve_read(state.current, [(features, 0.1)], [n], [exclude])[0]
 
         return asyncio.ensure_future(run())
 
-    def rank(features_response, candidates_response):
+    def rank(retrieved_response):
         async def run():
-            f, c = await features_response, await candidates_response
+            retrieved = await retrieved_response
             if rank_stalls:
                 await asyncio.sleep(10)
             if rank_fails:
                 raise rank_fails
-            return rank_candidates(bundle, [(f, c)])[0]
+            return rank_candidates(bundle, [retrieved])[0]
 
         return asyncio.ensure_future(run())
 
-    return RecommendFlow(Stages(user_features, retrieve, rank), state)
-
-
-async def _value(v):
-    return v
+    return RecommendFlow(Stages(retrieve, rank), state)
 
 
 def run(flow, user_id=1, k=5, deadline_s=1.0):
@@ -65,7 +60,8 @@ def run(flow, user_id=1, k=5, deadline_s=1.0):
 
 def test_healthy_path_is_ranked_and_not_degraded(tiny_bundle):
     result = run(stages(tiny_bundle, user()))
-    assert result.fallback is None and not result.degraded and "rank" in result.timings_ms
+    assert result.fallback is None and not result.degraded
+    assert set(result.timings_ms) == {"user_features", "retrieve", "filter", "rank"}
 
 
 def test_ranker_failure_answers_in_retrieval_order_degraded(tiny_bundle):
@@ -118,9 +114,36 @@ def test_local_stages_compute_what_the_stage_functions_compute(tiny_bundle):
         got = run(flow, user_id=user_id, k=10)
         f = asyncio.run(reader.aget(user_id))
         [cands] = retrieve_batch(state.current, [(f, 50, ())])
+        assert "user_features" in got.timings_ms  # the read is timed in every outcome
         if cands.fallback is None:
             [want] = rank_batch(tiny_bundle, [(f, cands)])
             assert got.item_ids.tolist() == want.item_ids.tolist() and got.fallback is None
         else:
             assert got.fallback == cands.fallback == "unknown_user"
             assert got.item_ids.tolist() == tiny_bundle.items.item_ids[tiny_bundle.popular_rows[:10]].tolist()
+
+
+def test_a_hanging_store_costs_a_request_the_features_deadline_not_the_request_deadline(tiny_bundle):
+    """The read's deadline holds inside retrieval: past it the request goes on with the bundle's own
+    vector for the user, degraded, long before the 1 s request deadline."""
+    release = threading.Event()
+
+    def hanging_store(user_id):
+        release.wait(5)
+        return None
+
+    settings = SERVING_DEFAULTS.with_overrides({"user_features_timeout_ms": 50})
+    reader = UserFeatureReader(hanging_store, settings)
+    state = Held(served(tiny_bundle))
+    flow = RecommendFlow(local_stages(state, reader), state)
+    try:
+        start = time.perf_counter()
+        result = run(flow, user_id=1, k=10)
+        elapsed = time.perf_counter() - start
+    finally:
+        release.set()
+        reader.close()
+    assert elapsed < 0.5, elapsed
+    assert result.degraded and result.fallback is None and "rank" in result.timings_ms  # ranked, own vector
+    assert "did not answer within 50 ms" in result.reason
+    assert 45 <= result.timings_ms["user_features"] < 500

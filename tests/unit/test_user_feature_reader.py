@@ -125,3 +125,19 @@ def test_every_read_is_observed_with_its_time_and_the_rows_event_time(read):
     ]
     assert hung.degraded and seen[-1][1] >= 50  # the deadline, measured
     assert all(ms >= 0 for _, ms in seen)
+
+
+def test_a_batch_of_reads_waits_for_the_deadline_once_not_once_per_user():
+    """The retriever reads its batch's users together (aget_many): with the store hanging, the batch
+    is answered after about one deadline, each user degraded and timed, in the order asked."""
+    store = Store()
+    store.mode = "hang"
+    reader = reader_of(store, timeout_s=0.1)
+    start = time.monotonic()
+    reads = asyncio.run(reader.aget_many([11, 12, 13, 14, 15, 16]))
+    elapsed = time.monotonic() - start
+    store.release.set()
+    reader.close()
+    assert elapsed < 0.4, elapsed  # one at a time would take 0.6 s
+    assert [r.user_id for r, _ in reads] == [11, 12, 13, 14, 15, 16]
+    assert all(r.degraded and r.source == "none" and ms >= 100 for r, ms in reads)
