@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from serve_app.config import ServingSettings
 from serve_app.errors import Overloaded
 
 
@@ -81,8 +82,9 @@ class AdaptiveLimit:
         self.limit = max(self.s.minimum, min(self.s.maximum, self.limit * gradient + headroom))
 
     @contextmanager
-    def admit(self, clock) -> Iterator[None]:
-        """Run the body as an admitted request, or raise Overloaded (503 + Retry-After) at once."""
+    def admit(self, clock: Callable[[], float]) -> Iterator[None]:
+        """Run the body as an admitted request, or raise Overloaded (503 + Retry-After) at once.
+        `clock` in seconds, e.g. time.perf_counter."""
         if not self.try_acquire():
             raise Overloaded(
                 f"overloaded: {self.in_flight} requests in flight, the limit is {int(self.limit)}; "
@@ -94,3 +96,18 @@ class AdaptiveLimit:
             dropped = False
         finally:
             self.release(clock() - start, dropped)
+
+
+class NoLimit(AdaptiveLimit):
+    """Admission control off: every request is admitted (Serve's own queue bounds still apply)."""
+
+    def try_acquire(self) -> bool:
+        with self.lock:
+            self.in_flight += 1
+            return True
+
+
+def admission_for(settings: ServingSettings) -> AdaptiveLimit:
+    if settings.admission == "off":
+        return NoLimit()
+    return AdaptiveLimit(LimitSettings(tolerance=settings.admission_tolerance))

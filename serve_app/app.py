@@ -13,6 +13,7 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.admission import admission_for
 from serve_app.bundle import load_bundle
 from serve_app.config import AppArgs, ServingSettings, resolve_path
 from serve_app.deployments import Ranker, Retriever, open_reader
@@ -82,6 +83,8 @@ class Ingress:
         base = ServingSettings.model_validate(settings)
         self.metrics = ServeRequestMetrics(topology)
         self.request_log = RequestLog(base.request_log_sample_rate, topology)
+        self.admission = admission_for(base)
+        self.admission_of: tuple | None = None
         self.recall: RecallMonitor | None = None
         self.exposure_of: tuple[str, int] | None = None  # (bundle version, window) the gauges watch
         api.state.on_error = self.refused  # every error answer, 4xx and 503, is counted
@@ -108,6 +111,9 @@ class Ingress:
         if self.reader is not None:
             self.reader.configure(settings)
         bundle = self.state.current.bundle
+        if (bundle.version, settings.admission, settings.admission_tolerance) != self.admission_of:
+            self.admission = admission_for(settings)  # a new bundle has its own unloaded latency
+            self.admission_of = (bundle.version, settings.admission, settings.admission_tolerance)
         self.metrics.bundle(bundle.version)
         self.request_log.configure(settings.request_log_sample_rate)
         if self.recall is not None:
@@ -140,7 +146,8 @@ class Ingress:
     )
     async def recommend(self, body: RecommendRequest, request: Request) -> RecommendResponse:
         start = time.perf_counter()
-        result = await self.flow.run(body.user_id, body.k, tuple(body.exclude_item_ids))
+        with self.admission.admit(time.perf_counter):  # past the limit: 503 + Retry-After, at once
+            result = await self.flow.run(body.user_id, body.k, tuple(body.exclude_item_ids))
         elapsed_ms = (time.perf_counter() - start) * 1000
         shown = self.state.current.bundle.items.rows_of(result.item_ids[: body.k])
         self.metrics.answered(result, elapsed_ms, shown)

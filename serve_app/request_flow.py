@@ -38,6 +38,9 @@ class Stages:
     rank: Callable[..., Any]
 
 
+FALLBACK_RESERVE_S = 0.05  # of the request deadline, kept for the retrieval-order fallback
+
+
 def is_overloaded(exc: BaseException) -> bool:
     return isinstance(exc, Overloaded)
 
@@ -56,22 +59,28 @@ class RecommendFlow:
     async def run(self, user_id: int, k: int, exclude: tuple[int, ...]) -> Scored:
         served = self.state.current
         deadline_s = served.settings.request_timeout_s
+        end = asyncio.get_running_loop().time() + deadline_s
         retrieved = self.stages.retrieve(user_id, served.settings.n_candidates, exclude)
         ranked = self.stages.rank(retrieved)
         try:
-            result: Scored = await asyncio.wait_for(_awaited(ranked), deadline_s)
+            # The ranker gets the deadline less a reserve for falling back to the retrieval order,
+            # so a request whose stage died still answers by its deadline, not after it.
+            reserve_s = min(FALLBACK_RESERVE_S, deadline_s / 10)
+            result: Scored = await asyncio.wait_for(_awaited(ranked), deadline_s - reserve_s)
         except Exception as exc:
             self._raise_if_overload(exc, deadline_s)
-            result = await self._after_ranker_failure(served, retrieved, exc, deadline_s)
+            result = await self._after_ranker_failure(served, retrieved, exc, deadline_s, end)
         return fallback.settle(result, served, user_id, k, exclude)
 
     async def _after_ranker_failure(
-        self, served: Served, retrieved: Awaitable, exc: BaseException, deadline_s: float
+        self, served: Served, retrieved: Awaitable, exc: BaseException, deadline_s: float, end: float
     ) -> Scored:
-        """Ranking failed or timed out: retrieval order if retrieval succeeded, else no candidates."""
+        """Ranking failed or timed out: retrieval order if retrieval succeeded by the deadline, else
+        no candidates (the popularity list)."""
         reason = fallback.stage_failure(exc, deadline_s)
+        left_s = max(0.0, end - asyncio.get_running_loop().time())
         try:
-            got: Retrieved = await asyncio.wait_for(_awaited(retrieved), max(0.05, deadline_s / 4))
+            got: Retrieved = await asyncio.wait_for(_awaited(retrieved), left_s)
         except Exception as retrieval_exc:
             self._raise_if_overload(retrieval_exc, deadline_s)
             return fallback.after_retriever_failure(served.bundle.version, reason)
