@@ -26,7 +26,7 @@ from serve_app.errors import Overloaded
 
 @dataclass(frozen=True)
 class LimitSettings:
-    initial: int = 16
+    initial: int = 32
     minimum: int = 2
     maximum: int = 256
     tolerance: float = 2.0  # a window may run this many times the unloaded latency before shrinking
@@ -51,12 +51,15 @@ class AdaptiveLimit:
             self.in_flight += 1
             return True
 
-    def release(self, latency_s: float, dropped: bool = False) -> None:
-        """A request finished after `latency_s` (dropped: it failed or timed out; that counts as
-        overload, whatever its latency)."""
+    def release(self, latency_s: float, dropped: bool = False, sample: bool = True) -> None:
+        """A request finished after `latency_s`. dropped: it failed (a stage refused it, or it
+        raised), which counts as overload whatever its latency. sample=False: it says nothing about
+        queueing (a degraded answer that waited out a dead replica's deadline: shedding load would
+        not have helped it, and would fail requests a live replica could answer)."""
         with self.lock:
             self.in_flight -= 1
-            self.samples.append(latency_s if not dropped else math.inf)
+            if sample or dropped:
+                self.samples.append(latency_s if not dropped else math.inf)
             if len(self.samples) >= self.s.window:
                 self._adjust()
 
@@ -82,20 +85,25 @@ class AdaptiveLimit:
         self.limit = max(self.s.minimum, min(self.s.maximum, self.limit * gradient + headroom))
 
     @contextmanager
-    def admit(self, clock: Callable[[], float]) -> Iterator[None]:
+    def admit(self, clock: Callable[[], float]) -> Iterator[Ticket]:
         """Run the body as an admitted request, or raise Overloaded (503 + Retry-After) at once.
-        `clock` in seconds, e.g. time.perf_counter."""
+        `clock` in seconds, e.g. time.perf_counter; the body may set `ticket.sample = False`."""
         if not self.try_acquire():
             raise Overloaded(
                 f"overloaded: {self.in_flight} requests in flight, the limit is {int(self.limit)}; "
                 "retry after a second"
             )
-        start, dropped = clock(), True
+        ticket, start, dropped = Ticket(), clock(), True
         try:
-            yield
+            yield ticket
             dropped = False
         finally:
-            self.release(clock() - start, dropped)
+            self.release(clock() - start, dropped, ticket.sample)
+
+
+@dataclass
+class Ticket:
+    sample: bool = True  # whether this request's latency tells the limit about load
 
 
 class NoLimit(AdaptiveLimit):

@@ -146,8 +146,9 @@ class Ingress:
     )
     async def recommend(self, body: RecommendRequest, request: Request) -> RecommendResponse:
         start = time.perf_counter()
-        with self.admission.admit(time.perf_counter):  # past the limit: 503 + Retry-After, at once
+        with self.admission.admit(time.perf_counter) as ticket:  # past the limit: 503 at once
             result = await self.flow.run(body.user_id, body.k, tuple(body.exclude_item_ids))
+            ticket.sample = not result.degraded  # a dead replica's deadline is not queueing
         elapsed_ms = (time.perf_counter() - start) * 1000
         shown = self.state.current.bundle.items.rows_of(result.item_ids[: body.k])
         self.metrics.answered(result, elapsed_ms, shown)

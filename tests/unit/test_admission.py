@@ -60,3 +60,13 @@ def test_a_window_of_failed_requests_halves_the_limit() -> None:
         with pytest.raises(RuntimeError), limit.admit(itertools.count().__next__):
             raise RuntimeError("the stage failed")
     assert limit.limit == 4 and limit.in_flight == 0
+
+
+def test_degraded_answers_that_waited_out_a_dead_replica_do_not_shrink_the_limit() -> None:
+    limit = AdaptiveLimit(LimitSettings(initial=8, window=4))
+    serve_rounds(limit, demand=4, parallel=8, rounds=5)  # learn the unloaded latency
+    before = limit.limit
+    for _ in range(40):  # every answer took the whole deadline, degraded
+        with limit.admit(iter([0.0, 1.0] * 1).__next__) as ticket:
+            ticket.sample = False
+    assert limit.limit == before and limit.in_flight == 0
