@@ -107,7 +107,7 @@ class Ticket:
 
 
 class NoLimit(AdaptiveLimit):
-    """Admission control off: every request is admitted (Serve's own queue bounds still apply)."""
+    """admission: unlimited: every request is admitted (Serve's own queue bounds still apply)."""
 
     def try_acquire(self) -> bool:
         with self.lock:
@@ -116,6 +116,6 @@ class NoLimit(AdaptiveLimit):
 
 
 def admission_for(settings: ServingSettings) -> AdaptiveLimit:
-    if settings.admission == "off":
+    if settings.admission == "unlimited":
         return NoLimit()
     return AdaptiveLimit(LimitSettings(tolerance=settings.admission_tolerance))

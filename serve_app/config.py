@@ -44,7 +44,7 @@ class ServingSettings(Strict):
     blocked_item_ids: tuple[int, ...] = Field((), description="business rule: never recommend these")
     max_batch_size: int = Field(16, ge=1, le=1_024, description="Retriever and Ranker @serve.batch size")
     batch_wait_timeout_s: float = Field(0.001, ge=0, le=1, description="@serve.batch wait for a full batch")
-    admission: Literal["adaptive", "off"] = Field(
+    admission: Literal["adaptive", "unlimited"] = Field(
         "adaptive", description="adaptive limit on requests in flight in each ingress (admission.py)"
     )
     admission_tolerance: float = Field(

@@ -70,3 +70,17 @@ def test_degraded_answers_that_waited_out_a_dead_replica_do_not_shrink_the_limit
         with limit.admit(iter([0.0, 1.0] * 1).__next__) as ticket:
             ticket.sample = False
     assert limit.limit == before and limit.in_flight == 0
+
+
+def test_the_setting_picks_the_limit_and_survives_yaml() -> None:
+    import yaml
+
+    from serve_app.admission import NoLimit, admission_for
+    from serve_app.config import ServingSettings
+
+    for text, kind in (("admission: adaptive", AdaptiveLimit), ("admission: unlimited", NoLimit)):
+        settings = ServingSettings.model_validate(yaml.safe_load(text))
+        limit = admission_for(settings)
+        assert type(limit) is kind
+    unlimited = admission_for(ServingSettings(admission="unlimited"))
+    assert all(unlimited.try_acquire() for _ in range(10_000))
