@@ -45,7 +45,7 @@ class ServingSettings(Strict):
     max_batch_size: int = Field(16, ge=1, le=1_024, description="Retriever and Ranker @serve.batch size")
     batch_wait_timeout_s: float = Field(0.001, ge=0, le=1, description="@serve.batch wait for a full batch")
     admission: Literal["adaptive", "unlimited"] = Field(
-        "unlimited", description="adaptive: a learnt limit on requests in flight in each ingress (admission.py)"
+        "unlimited", description="adaptive: a learnt limit on requests in flight per ingress (admission.py)"
     )
     admission_tolerance: float = Field(
         2.0, ge=1.1, le=10, description="how many times its unloaded latency a request may take at the limit"

@@ -126,7 +126,12 @@ def wait_for(url: str, promql: str, timeout_s: float = 120) -> list[dict[str, An
         time.sleep(2)
 
 
-def targets_up(url: str) -> list[str]:
-    """The scrape targets Prometheus reports healthy."""
-    active = httpx.get(f"{url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
-    return [t["scrapeUrl"] for t in active if t.get("health") == "up"]
+def targets_up(url: str, timeout_s: float = 0) -> list[str]:
+    """The scrape targets Prometheus reports healthy (polling up to timeout_s for the first)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        active = httpx.get(f"{url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        up = [t["scrapeUrl"] for t in active if t.get("health") == "up"]
+        if up or time.monotonic() > deadline:
+            return up
+        time.sleep(1)

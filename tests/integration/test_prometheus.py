@@ -183,7 +183,7 @@ def test_prometheus_sees_every_stage_outcome_and_monitor_and_every_dashboard_que
         time.sleep(2)
     assert [name for name in SERIES if name not in text] == []
 
-    assert prometheus.targets_up(url), "Prometheus scrapes no Ray target"
+    assert prometheus.targets_up(url, timeout_s=60), "Prometheus scrapes no Ray target"
     p99 = prometheus.wait_for(
         url,
         "histogram_quantile(0.99, sum by (le, stage) (rate(ray_recsys_stage_latency_ms_bucket[5m])))",
