@@ -120,7 +120,7 @@ class Ingress:
             self.recall.configure(settings.recall_sample_rate, settings.n_candidates)
         if self.exposure_of != (bundle.version, settings.exposure_window):
             popularity = bundle.items.columns["item_popularity"]
-            self.metrics.watch_exposure(len(bundle.items.item_ids), popularity, settings.exposure_window)
+            self.metrics.watch_exposure(bundle.items.item_ids, popularity, settings.exposure_window)
             self.exposure_of = (bundle.version, settings.exposure_window)
 
     def refused(self, status: int, code: str, request_id: str | None) -> None:
@@ -150,8 +150,7 @@ class Ingress:
             result = await self.flow.run(body.user_id, body.k, tuple(body.exclude_item_ids))
             ticket.sample = not result.degraded  # a dead replica's deadline is not queueing
         elapsed_ms = (time.perf_counter() - start) * 1000
-        shown = self.state.current.bundle.items.rows_of(result.item_ids[: body.k])
-        self.metrics.answered(result, elapsed_ms, shown)
+        self.metrics.answered(result, elapsed_ms, result.item_ids[: body.k])
         self.request_log.answered(request.state.request_id, body.user_id, body.k, result, elapsed_ms)
         return to_response(result, body, request.state.request_id, elapsed_ms)
 

@@ -10,7 +10,6 @@ served bundle's item snapshot). No ray import: the Serve metrics are set by `met
 from __future__ import annotations
 
 import math
-import threading
 from collections import deque
 from dataclasses import dataclass
 
@@ -57,36 +56,38 @@ class ExposureStats:
 
 
 class ExposureWindow:
-    """Counts of every item row shown in the last `window` answers (each answer's top k).
+    """The item ids shown in the last `window` answers (each answer's top k).
 
-    `add` is O(k) on the request path; `stats` (O(items shown), off the hot path) reads under a lock.
+    `add` only appends the answer's ids (a deque append, atomic under the GIL): the request path pays
+    no lookup and no lock. `stats`, off the request path, maps the ids to catalogue rows and counts.
     """
 
-    def __init__(self, n_catalogue: int, top_mask: np.ndarray, window: int = 10_000) -> None:
-        if len(top_mask) != n_catalogue:
-            raise ValueError(f"top_mask has {len(top_mask)} rows, the catalogue {n_catalogue}")
-        self.n_catalogue, self.top_mask, self.window = n_catalogue, top_mask, max(1, window)
-        self.counts = np.zeros(n_catalogue, np.int64)
-        self.answers: deque[np.ndarray] = deque()
-        self.lock = threading.Lock()
+    def __init__(self, item_ids: np.ndarray, top_mask: np.ndarray, window: int = 10_000) -> None:
+        if len(top_mask) != len(item_ids):
+            raise ValueError(f"top_mask has {len(top_mask)} rows, the catalogue {len(item_ids)}")
+        self.item_ids, self.top_mask = np.asarray(item_ids, np.int64), top_mask  # ids sorted
+        self.n_catalogue = len(item_ids)
+        self.answers: deque[np.ndarray] = deque(maxlen=max(1, window))
 
-    def add(self, rows: np.ndarray) -> None:
-        rows = np.asarray(rows, dtype=np.int64)
-        with self.lock:
-            np.add.at(self.counts, rows, 1)
-            self.answers.append(rows)
-            while len(self.answers) > self.window:
-                np.subtract.at(self.counts, self.answers.popleft(), 1)
+    def add(self, item_ids: np.ndarray) -> None:
+        self.answers.append(item_ids)
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(rows shown, how often each, answers in the window); ids not in the catalogue are ignored."""
+        answers = list(self.answers)  # a snapshot: requests go on appending meanwhile
+        if not answers or not self.n_catalogue:
+            return np.empty(0, np.int64), np.empty(0, np.int64), len(answers)
+        ids = np.concatenate(answers).astype(np.int64)
+        pos = np.searchsorted(self.item_ids, ids).clip(0, self.n_catalogue - 1)
+        rows, counts = np.unique(pos[self.item_ids[pos] == ids], return_counts=True)
+        return rows, counts, len(answers)
 
     def stats(self) -> ExposureStats:
-        with self.lock:
-            shown = np.flatnonzero(self.counts)
-            counts = self.counts[shown]
-            answers = len(self.answers)
+        rows, counts, answers = self.counts()
         total = int(counts.sum())
         return ExposureStats(
-            coverage=len(shown) / max(self.n_catalogue, 1),
+            coverage=len(rows) / max(self.n_catalogue, 1),
             gini=gini_with_zeros(counts, self.n_catalogue),
-            top1pct_share=float(counts[self.top_mask[shown]].sum() / total) if total else 0.0,
+            top1pct_share=float(counts[self.top_mask[rows]].sum() / total) if total else 0.0,
             answers=answers,
         )

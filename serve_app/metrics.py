@@ -50,9 +50,9 @@ def outcome_of(result: Scored) -> tuple[str, str]:
 class RequestMetrics:
     """Does nothing: the interface, and what runs outside Serve."""
 
-    def answered(self, result: Scored, elapsed_ms: float, shown_rows: np.ndarray | None = None) -> None:
+    def answered(self, result: Scored, elapsed_ms: float, shown: np.ndarray | None = None) -> None:
         """A request answered 200: its outcome, the time of each stage and of the whole, and the item
-        rows it showed (for the exposure gauges)."""
+        ids it showed (for the exposure gauges)."""
 
     def refused(self, status: int, code: str) -> None:
         """A request answered with an error (`code` as in ErrorResponse)."""
@@ -102,7 +102,7 @@ class ServeRequestMetrics(RequestMetrics):
         self.bundle_info = BundleInfo()
         self.exposure: ExposureGauges | None = None
 
-    def answered(self, result: Scored, elapsed_ms: float, shown_rows: np.ndarray | None = None) -> None:
+    def answered(self, result: Scored, elapsed_ms: float, shown: np.ndarray | None = None) -> None:
         outcome, reason = outcome_of(result)
         self.requests.inc(tags={"outcome": outcome, "reason": reason})
         for stage, ms in result.timings_ms.items():
@@ -113,8 +113,8 @@ class ServeRequestMetrics(RequestMetrics):
         for name, removed in result.filtered.items():
             if removed:
                 self.filtered.inc(removed, tags={"filter": name})
-        if shown_rows is not None and self.exposure is not None:
-            self.exposure.add(shown_rows)
+        if shown is not None and self.exposure is not None:
+            self.exposure.add(shown)
 
     def refused(self, status: int, code: str) -> None:
         outcome = "rejected" if status >= 500 else "invalid"
@@ -123,11 +123,11 @@ class ServeRequestMetrics(RequestMetrics):
     def bundle(self, version: str) -> None:
         self.bundle_info.serving(version)
 
-    def watch_exposure(self, n_catalogue: int, popularity: np.ndarray, window: int) -> None:
+    def watch_exposure(self, item_ids: np.ndarray, popularity: np.ndarray, window: int) -> None:
         """(Re)start the exposure window for a catalogue (a new bundle, or a new window size)."""
         if self.exposure is not None:
             self.exposure.stop()
-        self.exposure = ExposureGauges(ExposureWindow(n_catalogue, top_popular_mask(popularity), window))
+        self.exposure = ExposureGauges(ExposureWindow(item_ids, top_popular_mask(popularity), window))
 
 
 class BundleInfo:
@@ -204,8 +204,8 @@ class ExposureGauges:
         self.stopped = threading.Event()
         threading.Thread(target=self._run, name="exposure-gauges", daemon=True).start()
 
-    def add(self, rows: np.ndarray) -> None:
-        self.window.add(rows)
+    def add(self, item_ids: np.ndarray) -> None:
+        self.window.add(item_ids)
 
     def publish(self) -> None:
         stats = self.window.stats()

@@ -25,15 +25,17 @@ def test_top_popular_mask_takes_the_top_one_percent_and_at_least_one() -> None:
     assert top_popular_mask(np.array([1.0, np.nan, 5.0])).tolist() == [False, False, True]
 
 
-def test_window_forgets_the_oldest_answers() -> None:
-    window = ExposureWindow(10, top_popular_mask(np.arange(10.0)), window=2)
-    window.add(np.array([9, 8]))
-    window.add(np.array([1, 2]))
-    window.add(np.array([3, 9]))  # the first answer leaves the window
-    assert window.counts.tolist() == [0, 1, 1, 1, 0, 0, 0, 0, 0, 1]
+def test_window_forgets_the_oldest_answers_and_ignores_unknown_ids() -> None:
+    ids = np.arange(100, 110)  # item ids; rows 0..9
+    window = ExposureWindow(ids, top_popular_mask(np.arange(10.0)), window=2)
+    window.add(np.array([109, 108]))
+    window.add(np.array([101, 102, 5_000]))  # 5_000: not in the catalogue
+    window.add(np.array([103, 109]))  # the first answer leaves the window
+    rows, counts, answers = window.counts()
+    assert rows.tolist() == [1, 2, 3, 9] and counts.tolist() == [1, 1, 1, 1] and answers == 2
     stats = window.stats()
-    assert stats.answers == 2 and stats.coverage == pytest.approx(0.4)
-    assert stats.top1pct_share == pytest.approx(0.25)  # item 9 is the top 1% (1 of 10 items)
+    assert stats.coverage == pytest.approx(0.4)
+    assert stats.top1pct_share == pytest.approx(0.25)  # item 109 (row 9) is the top 1% (1 of 10 items)
 
 
 def test_live_measures_match_the_offline_evaluation_on_the_same_lists() -> None:
@@ -41,9 +43,10 @@ def test_live_measures_match_the_offline_evaluation_on_the_same_lists() -> None:
     n, lists = 500, [rng.choice(500, size=10, replace=False) for _ in range(200)]
     popularity = rng.random(n)
     top = top_popular_mask(popularity)
-    window = ExposureWindow(n, top, window=len(lists))
+    ids = np.arange(n) * 7 + 3  # sorted item ids; row r is id 7r + 3
+    window = ExposureWindow(ids, top, window=len(lists))
     for rows in lists:
-        window.add(rows)
+        window.add(ids[rows])
     # offline: percentile of each shown item's popularity; the top 1% are those >= 0.99
     rank = np.argsort(np.argsort(popularity)) / (n - 1)
     pct = [np.where(top[r], 1.0, np.minimum(rank[r], 0.98)) for r in lists]
