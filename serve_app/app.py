@@ -14,6 +14,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.admission import admission_for
+from serve_app.brownout import BrownoutFlow
 from serve_app.bundle import load_bundle
 from serve_app.config import AppArgs, ServingSettings, resolve_path
 from serve_app.deployments import Ranker, Retriever, open_reader
@@ -21,7 +22,7 @@ from serve_app.errors import RETRY_AFTER_S, NotReady, Overloaded
 from serve_app.http import create_api
 from serve_app.metrics import FeatureMetrics, RecallGauge, ServeRequestMetrics
 from serve_app.recall_monitor import RecallMonitor
-from serve_app.request_flow import RecommendFlow, Stages, local_stages, to_response
+from serve_app.request_flow import Stages, local_stages, to_response
 from serve_app.request_log import RequestLog
 from serve_app.schemas import (
     ErrorResponse,
@@ -104,7 +105,8 @@ class Ingress:
             self.reader = open_reader(feature_repo, feature_store_yaml, base, observe)
             self.recall = RecallMonitor(RecallGauge().publish, base.recall_sample_rate, base.n_candidates)
             stages = local_stages(self.state, self.reader, self._sample_recall)
-        self.flow = RecommendFlow(stages, self.state, is_overload=is_backpressure)
+        # Under load, a cheaper answer before a refusal: by the requests in flight here (brownout.py).
+        self.flow = BrownoutFlow(stages, self.state, lambda: self.admission.in_flight, is_backpressure)
 
     def reconfigure(self, config: dict[str, Any] | None) -> None:
         settings = self.state.reconfigure(config)

@@ -50,6 +50,13 @@ class ServingSettings(Strict):
     admission_tolerance: float = Field(
         2.0, ge=1.1, le=10, description="how many times its unloaded latency a request may take at the limit"
     )
+    # Brownout (brownout.py): a cheaper answer, flagged degraded, when an ingress has this many in flight.
+    brownout_rank_above: int | None = Field(
+        None, ge=1, description="requests in flight per ingress beyond which ranking is skipped; null: never"
+    )
+    brownout_popular_above: int | None = Field(
+        None, ge=1, description="... beyond which retrieval is skipped too (the popularity list); null: never"
+    )
     # Observability (README "Operating it"); all off the request path or sampled.
     recall_sample_rate: float = Field(
         0.01, ge=0, le=1, description="share of retrieval queries the online ANN recall monitor checks"

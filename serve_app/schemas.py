@@ -34,7 +34,7 @@ class RecommendResponse(BaseModel):
     degraded: bool = Field(description="True when part of the pipeline failed and the answer is a fallback")
     fallback: str | None = Field(
         description="Why the normal path was not used: unknown_user, missing_embedding, "
-        "user_features_unavailable, model_mismatch, retriever_unavailable, ranker_unavailable; "
+        "user_features_unavailable, model_mismatch, retriever_unavailable, ranker_unavailable, brownout; "
         "null when it was"
     )
     request_id: str

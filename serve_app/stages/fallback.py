@@ -4,7 +4,8 @@ A fallback names why the normal path (retrieve -> rank) could not produce the an
 the answer was built from partial information. Reasons, and who decides each:
 - `unknown_user`, `missing_embedding`, `user_features_unavailable`, `model_mismatch`: no vector of the
   bundle's own model for this user, neither in the online store nor in the bundle (`for_features`);
-- `retriever_unavailable`, `ranker_unavailable`: a stage failed or missed the deadline (`after_*`).
+- `retriever_unavailable`, `ranker_unavailable`: a stage failed or missed the deadline (`after_*`);
+- `brownout`: the ingress had more requests in flight than its brownout thresholds (`brownout.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ USER_FEATURES_UNAVAILABLE = "user_features_unavailable"
 MODEL_MISMATCH = "model_mismatch"
 RETRIEVER_UNAVAILABLE = "retriever_unavailable"
 RANKER_UNAVAILABLE = "ranker_unavailable"
+BROWNOUT = "brownout"
 
 
 def for_features(features: UserFeatureResult, dim: int, model_id: str) -> str | None:
@@ -82,11 +84,12 @@ def after_retriever_failure(bundle_version: str, reason: str) -> Scored:
     return Scored.empty(bundle_version, fallback=RETRIEVER_UNAVAILABLE, degraded=True, reason=reason)
 
 
-def after_ranker_failure(retrieved: Scored, reason: str) -> Scored:
-    """Candidates in retrieval order; a retrieval result that was already a fallback stays one."""
+def after_ranker_failure(retrieved: Scored, reason: str, why: str = RANKER_UNAVAILABLE) -> Scored:
+    """Candidates in retrieval order (the ranker failed, or was skipped: `why`); a retrieval result
+    that was already a fallback stays one."""
     if retrieved.fallback is not None:
         return retrieved
-    return replace(retrieved, fallback=RANKER_UNAVAILABLE, degraded=True, reason=reason)
+    return replace(retrieved, fallback=why, degraded=True, reason=reason)
 
 
 def popular(served: Served, user_id: int, k: int, exclude_item_ids: tuple[int, ...], reason: str) -> Scored:
