@@ -24,7 +24,7 @@ from serve_app import bundle as bundle_mod
 from serve_app.artifacts import History, UserVectors
 from serve_app.config import BuildConfig
 from serve_app.features import ITEM_FEATURES
-from serve_app.offline import feast_ops, protocol
+from serve_app.offline import feast_ops, feature_tables, protocol
 from serve_app.offline.data import Interactions
 from serve_app.offline.embeddings import Embeddings, fold_in_users, train_als, user_logs
 from serve_app.offline.evaluation import format_table
@@ -85,9 +85,15 @@ def ranker_input_shift(
     return shift
 
 
-def _history(ratings: pd.DataFrame, emb: Embeddings) -> History:
+def history_of(ratings: pd.DataFrame, emb: Embeddings) -> History:
     ordered, user_ids, indptr = user_logs(ratings)
-    return History(user_ids.astype(np.int64), indptr, emb.item_rows(ordered["item_id"].to_numpy()))
+    return History(
+        user_ids.astype(np.int64),
+        indptr,
+        emb.item_rows(ordered["item_id"].to_numpy()),
+        ordered["rating"].to_numpy(np.float32),
+        ordered["ts"].to_numpy(np.int64),
+    )
 
 
 @dataclass(frozen=True)
@@ -209,6 +215,8 @@ def build(
                 "n_users": len(served.user_ids),
             },
             "embedding_dim": int(served.item_factors.shape[1]),
+            # The length of user_category_share, for rows serving recomputes after events.
+            "n_categories": feature_tables.n_categories_of(data.items),
             "index": index_params,
             "ranker": {**infos[cfg.seed], "seed": cfg.seed},
             "feature_service": feast_ops.FEATURE_SERVICE,
@@ -225,7 +233,7 @@ def build(
                 item_ids=served.item_ids,
                 item_columns=columns,
                 popular_rows=popular_rows,
-                history=_history(data.ratings, served),
+                history=history_of(data.ratings, served),
                 manifest=manifest,
             )
             bundle_mod.load_bundle(staging)  # never publish what the server would refuse
