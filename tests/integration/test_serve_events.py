@@ -3,6 +3,7 @@ repeat is not applied twice, a bad event or a store that is down changes nothing
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import sqlite3
@@ -156,3 +157,22 @@ def test_colocated_ingress_forgets_its_cached_row_on_an_event(served_events, bui
     after = _answer(client, user_id, "/colocated")
     assert top not in _ids(after)
     assert after["user_features"]["user_n_interactions"] == before["user_features"]["user_n_interactions"] + 1
+
+
+def test_recsys_events_sends_a_file_and_a_resend_is_all_duplicates(served_events, built, tmp_path, capsys):
+    from serve_app.cli import main
+
+    client, _ = served_events
+    user_id = int(load_bundle(built.bundle).history.user_ids[11])
+    before = _answer(client, user_id)
+    picks = _ids(before)[:2]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(_view(user_id, item)) + "\n" for item in picks))
+    url = str(client.base_url)
+    assert main(["events", str(path), "--url", url]) == 0
+    assert "2 accepted, 0 duplicates" in capsys.readouterr().out
+    assert main(["events", str(path), "--url", url, "--batch", "1"]) == 0
+    assert "in 2 requests: 0 accepted, 2 duplicates" in capsys.readouterr().out
+    after = _answer(client, user_id)
+    assert not set(picks) & set(_ids(after))
+    assert after["user_features"]["user_n_interactions"] == before["user_features"]["user_n_interactions"] + 2

@@ -3,6 +3,7 @@ the same log, the event log's idempotency across writers, and all-or-nothing ing
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -254,3 +255,20 @@ def test_a_line_cut_off_by_a_crash_is_dropped_not_read(tmp_path: Path) -> None:
     with fresh.locked():
         assert fresh.known_ids() == {"e-1"}
     assert path.read_bytes().endswith(b"}\n")
+
+
+def test_an_events_file_is_read_as_jsonl_or_json_and_a_bad_line_is_named(tmp_path: Path) -> None:
+    from serve_app.errors import DataError
+    from serve_app.event_client import read_events
+
+    one = {"event_id": "a", "user_id": 1, "item_id": 2, "event": "view", "timestamp": "2026-01-01T00:00:00Z"}
+    two = one | {"event_id": "b", "event": "rating", "value": 4.0}
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_text(f"{json.dumps(one)}\n\n{json.dumps(two)}\n")
+    assert read_events(jsonl) == [one, two]
+    listed = tmp_path / "events.json"
+    listed.write_text(json.dumps({"events": [one, two]}, indent=2))
+    assert read_events(listed) == [one, two]
+    jsonl.write_text(f"{json.dumps(one)}\n{json.dumps(one | {'value': 3.0})}\n")
+    with pytest.raises(DataError, match=r"events.jsonl:2: .*carries no value"):
+        read_events(jsonl)
