@@ -16,8 +16,8 @@ from serve_app.bundle import Part
 from serve_app.config import SERVING_DEFAULTS, ServingSettings
 from serve_app.errors import RecsysError
 from serve_app.event_features import EventModel
-from serve_app.event_ingest import EventIngest, event_log_path, feast_push
-from serve_app.event_log import EventLog
+from serve_app.event_ingest import EventIngest, feast_push
+from serve_app.event_log import EventLog, event_log_path
 from serve_app.events import Event
 from serve_app.metrics import BatchSizes, BundleInfo, FeatureMetrics, RecallGauge
 from serve_app.recall_monitor import RecallMonitor

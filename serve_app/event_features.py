@@ -54,6 +54,7 @@ class EventModel:
     regularization: float
     data_end: int  # unix s: the build's reference time for its rows
     built_at: datetime  # the event time of the build's rows
+    events_after: int = 0  # bytes of the event log the build already holds (offline/logged_events.py)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> EventModel:
@@ -75,6 +76,7 @@ class EventModel:
             float(embedding["regularization"]),
             int(data_end),
             pd.Timestamp(m["created_at"]).to_pydatetime(),
+            int(m["data_source"].get("event_log_bytes", 0)),
         )
 
     def rows_of(self, item_ids: np.ndarray) -> np.ndarray:

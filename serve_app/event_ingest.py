@@ -22,7 +22,7 @@ import pandas as pd
 
 from serve_app.errors import DependencyError
 from serve_app.event_features import ROW_COLUMNS, EventModel, updated_row
-from serve_app.event_log import LOG_NAME, EventLog
+from serve_app.event_log import EventLog
 from serve_app.events import Event, split_new
 
 log = logging.getLogger("ray.serve")
@@ -57,11 +57,6 @@ def feast_push(repo: str | Path, fs_yaml: str | Path | None = None) -> Push:
     return push
 
 
-def event_log_path(repo: str | Path) -> Path:
-    """The log lives next to the Feast sources (`<repo>/data/`), which a build keeps."""
-    return Path(repo) / "data" / LOG_NAME
-
-
 def rows_frame(rows: Sequence[dict], stamp: datetime) -> pd.DataFrame:
     frame = pd.DataFrame([{name: r[name] for name in ROW_COLUMNS} for r in rows])
     for name in ("user_n_interactions", "user_n_recent"):
@@ -85,10 +80,8 @@ class EventIngest:
                 return Applied(0, duplicates, ())
             users = tuple(sorted({e.user_id for e in fresh}))
             # Computed before anything is written: a failure here leaves nothing to undo.
-            new = [
-                updated_row(model, u, self.log.interactions_of(u, [e for e in fresh if e.user_id == u]))
-                for u in users
-            ]
+            after, by_user = model.events_after, {u: [e for e in fresh if e.user_id == u] for u in users}
+            new = [updated_row(model, u, self.log.interactions_of(u, by_user[u], after)) for u in users]
             stamp = self._stamp(model)
             offset = self.log.append(fresh)
             start = time.perf_counter()
@@ -117,8 +110,9 @@ class EventIngest:
         """Put back the online rows of before the batch (the online write comes before the offline
         one in Feast's push, so a failed offline write leaves the new rows online)."""
         try:
-            had = [u for u in users if len(self.log.events_of(u)) or len(model.history.seen(u))]
-            old = [updated_row(model, u, self.log.interactions_of(u)) for u in had]
+            after = model.events_after
+            had = [u for u in users if len(self.log.events_of(u, after)) or len(model.history.seen(u))]
+            old = [updated_row(model, u, self.log.interactions_of(u, (), after)) for u in had]
             if old:
                 self.push(rows_frame(old, self._stamp(model)), False)
         except Exception as exc:  # the store is down: it holds no new row either

@@ -23,6 +23,12 @@ from serve_app.events import Event, interactions
 LOG_NAME = "events.jsonl"
 
 
+def event_log_path(repo: str | Path) -> Path:
+    """The log lives next to the Feast sources (`<repo>/data/`): the EventWriter appends to it and
+    `recsys build` reads it (offline/logged_events.py); a build rewrites the sources, never the log."""
+    return Path(repo) / "data" / LOG_NAME
+
+
 class EventLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -30,7 +36,9 @@ class EventLog:
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._offset = 0  # bytes of the file already read into memory
         self._ids: set[str] = set()
-        self._by_user: dict[int, list[Event]] = defaultdict(list)
+        # Each user's events with the byte offset of their line: a bundle built from the log up to
+        # some offset already holds the events before it (`events_of(after=...)`).
+        self._by_user: dict[int, list[tuple[int, Event]]] = defaultdict(list)
         self._held = False
 
     @contextmanager
@@ -60,27 +68,39 @@ class EventLog:
         end = data.rfind(b"\n") + 1  # complete lines only
         if end < len(data):  # a write that crashed before its newline was never acknowledged
             os.truncate(self.path, self._offset + end)
-        for line in data[:end].splitlines():
+        at = self._offset
+        for line in data[:end].splitlines(keepends=True):
             if line.strip():
-                self._remember(Event.model_validate_json(line))
+                self._remember(at, Event.model_validate_json(line))
+            at += len(line)
         self._offset += end
 
-    def _remember(self, event: Event) -> None:
+    def _remember(self, offset: int, event: Event) -> None:
         self._ids.add(event.event_id)
-        self._by_user[event.user_id].append(event)
+        self._by_user[event.user_id].append((offset, event))
+
+    @property
+    def size(self) -> int:
+        """Bytes of the log read so far (every accepted event, under the lock)."""
+        return self._offset
+
+    def all_events(self) -> list[Event]:
+        """Every accepted event (what a build adds to its interaction log)."""
+        self._require_lock()
+        return [e for _, e in sorted(p for events in self._by_user.values() for p in events)]
 
     def known_ids(self) -> frozenset[str]:
         self._require_lock()
         return frozenset(self._ids)
 
-    def events_of(self, user_id: int) -> list[Event]:
-        """The user's logged events, in the order they were accepted."""
+    def events_of(self, user_id: int, after: int = 0) -> list[Event]:
+        """The user's logged events from byte `after` on, in the order they were accepted."""
         self._require_lock()
-        return list(self._by_user.get(user_id, ()))
+        return [e for offset, e in self._by_user.get(user_id, ()) if offset >= after]
 
-    def interactions_of(self, user_id: int, extra: Sequence[Event] = ()) -> pd.DataFrame:
-        """The user's logged events plus `extra`, as interaction rows."""
-        return interactions([*self.events_of(user_id), *extra])
+    def interactions_of(self, user_id: int, extra: Sequence[Event] = (), after: int = 0) -> pd.DataFrame:
+        """The user's logged events (from byte `after` on) plus `extra`, as interaction rows."""
+        return interactions([*self.events_of(user_id, after), *extra])
 
     def append(self, events: Sequence[Event]) -> int:
         """Write and fsync `events`; returns the offset to `truncate` to if applying them fails. They

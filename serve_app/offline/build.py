@@ -23,12 +23,14 @@ from feast import FeatureStore
 from serve_app import bundle as bundle_mod
 from serve_app.artifacts import History, UserVectors
 from serve_app.config import BuildConfig
+from serve_app.event_log import event_log_path
 from serve_app.features import ITEM_FEATURES
 from serve_app.offline import feast_ops, feature_tables, protocol
 from serve_app.offline.data import Interactions
 from serve_app.offline.embeddings import Embeddings, fold_in_users, train_als, user_logs
 from serve_app.offline.evaluation import format_table
 from serve_app.offline.index import build_index, index_recall
+from serve_app.offline.logged_events import with_logged_events
 from serve_app.offline.sources import (
     served_item_rows,
     serving_stamp,
@@ -150,8 +152,10 @@ def evaluate_on(
 def build(
     data: Interactions, cfg: BuildConfig, repo: Path, artifacts: Path, progress: bool = True
 ) -> tuple[Path, dict]:
-    """Run the whole offline path; returns the published bundle's path and its evaluation."""
+    """Run the whole offline path; returns the published bundle's path and its evaluation. The events
+    the service accepted (the repo's event log) join the interaction log first."""
     timer = Timer(log=progress)
+    data, events = with_logged_events(data, event_log_path(repo))
     stamp = serving_stamp(repo, int(data.ratings["ts"].max()) + 1)
     with timer.step("embeddings (served model, all data)"):
         served = fold_in_users(
@@ -206,6 +210,7 @@ def build(
                 "n_users": int(data.ratings["user_id"].nunique()),
                 "n_items": len(data.items),
                 "skipped_rows": len(data.skipped),
+                **events,
                 "data_end": pd.Timestamp(data_end, unit="s", tz="UTC").isoformat(),
             },
             "model": {

@@ -124,7 +124,10 @@ def item_rows_at(
     order = np.lexsort((ratings["ts"].to_numpy(), ratings["item_id"].to_numpy()))
     it = ratings["item_id"].to_numpy()[order]
     ts = ratings["ts"].to_numpy()[order].astype(np.int64)
-    rating_sum = np.concatenate([[0.0], np.cumsum(ratings["rating"].to_numpy(np.float64)[order])])
+    # Unrated interactions (views, clicks: NaN) count as interactions, not in the average rating.
+    rating = ratings["rating"].to_numpy(np.float64)[order]
+    rating_sum = np.concatenate([[0.0], np.cumsum(np.nan_to_num(rating, nan=0.0))])
+    rated = np.concatenate([[0], np.cumsum(~np.isnan(rating))])
     known_ids, start = np.unique(it, return_index=True)
     pos = np.searchsorted(known_ids, item_ids).clip(0, max(len(known_ids) - 1, 0))
     known = (known_ids[pos] == item_ids) if len(known_ids) else np.zeros(len(item_ids), bool)
@@ -151,13 +154,19 @@ def item_rows_at(
             "item_popularity_year": (end - np.maximum(year_from[ok], first)).astype(np.int64),
             "item_age_days": ((times - ts[first]) / DAY).astype(np.float32),
             "item_days_since_last": ((times - ts[end - 1]) / DAY).astype(np.float32),
-            "item_avg_rating": ((rating_sum[end] - rating_sum[first]) / count).astype(np.float32),
+            "item_avg_rating": _mean(rating_sum[end] - rating_sum[first], rated[end] - rated[first]),
         }
     )
     out["item_category"] = (
         items.set_index("item_id")["category"].reindex(out["item_id"]).fillna(-1).astype(np.int64).to_numpy()
     )
     return out
+
+
+def _mean(total: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """total / n as float32, NaN where n is 0 (nothing rated: unknown, XGBoost's missing value)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / np.maximum(n, 1), np.nan).astype(np.float32)
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from serve_app.bundle import load_bundle
-from serve_app.event_ingest import event_log_path
+from serve_app.event_log import event_log_path
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

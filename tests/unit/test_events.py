@@ -272,3 +272,38 @@ def test_an_events_file_is_read_as_jsonl_or_json_and_a_bad_line_is_named(tmp_pat
     jsonl.write_text(f"{json.dumps(one)}\n{json.dumps(one | {'value': 3.0})}\n")
     with pytest.raises(DataError, match=r"events.jsonl:2: .*carries no value"):
         read_events(jsonl)
+
+
+def test_a_build_adds_the_logged_events_to_its_interaction_log(world, tmp_path: Path) -> None:
+    from serve_app.offline.logged_events import with_logged_events
+
+    data, emb, model = world
+    user, t0 = int(emb.user_ids[1]), model.data_end + 100
+    unknown_item = int(data.items["item_id"].max()) + 1_000
+    log = EventLog(tmp_path / "events.jsonl")
+    with log.locked():
+        log.append([_event(1, user, int(emb.item_ids[0]), t0), _event(2, user, unknown_item, t0 + 1)])
+        log.commit()
+        size = log.size
+    merged, info = with_logged_events(data, tmp_path / "events.jsonl")
+    assert info | {"event_log": None} == {
+        "event_log": None,
+        "event_log_bytes": size,
+        "n_events": 2,
+        "skipped_events": 1,  # not in movies.csv: nothing to show, as the loader skips such ratings
+    }
+    last = merged.ratings.iloc[-1]
+    assert (last["user_id"], last["item_id"], last["ts"]) == (user, int(emb.item_ids[0]), t0)
+    assert np.isnan(last["rating"])  # a view
+    assert not merged.ratings.duplicated(["user_id", "item_id"]).any()
+    assert with_logged_events(data, tmp_path / "absent.jsonl")[0] is data
+
+
+def test_item_features_average_only_rated_interactions() -> None:
+    items = pd.DataFrame({"item_id": [1], "title": "x", "category": [0]})
+    log = pd.DataFrame(
+        {"user_id": [1, 2, 3], "item_id": [1, 1, 1], "rating": np.float32([4, np.nan, 2]), "ts": [10, 20, 30]}
+    )
+    row = feature_tables.item_rows_at(log, items, np.array([1, 1]), np.array([25, 31])).set_index("as_of")
+    assert row.loc[25, "item_popularity"] == 2 and row.loc[25, "item_avg_rating"] == 4.0
+    assert row.loc[31, "item_popularity"] == 3 and row.loc[31, "item_avg_rating"] == 3.0
