@@ -179,7 +179,7 @@ class Ingress:
             done = await asyncio.wait_for(self.event_writer.apply.remote(body.events), EVENTS_TIMEOUT_S)
         except Exception as exc:
             raise DependencyError(
-                f"the event writer did not answer ({type(exc).__name__}); send the events again: "
+                f"the event writer failed or did not answer ({type(exc).__name__}); send the events again: "
                 "ids already applied are counted as duplicates"
             ) from exc
         if "error" in done:

@@ -14,7 +14,7 @@ from ray import serve
 
 from serve_app.bundle import Part
 from serve_app.config import SERVING_DEFAULTS, ServingSettings
-from serve_app.errors import RecsysError
+from serve_app.errors import BundleError, RecsysError
 from serve_app.event_features import EventModel
 from serve_app.event_ingest import EventIngest, feast_push
 from serve_app.event_log import EventLog, event_log_path
@@ -146,24 +146,33 @@ class EventWriter:
             EventLog(event_log_path(feature_repo)), feast_push(feature_repo, feature_store_yaml)
         )
         self.model: EventModel | None = None
+        self.unavailable: str | None = None
 
     def reconfigure(self, config: dict[str, Any] | None) -> None:
-        self.state.reconfigure(config)
+        try:
+            self.state.reconfigure(config)
+        except BundleError as exc:
+            # A bundle built before events has no interaction log: serve recommendations all the
+            # same, and answer events 503 with what to do (the app must not fail to deploy).
+            self.unavailable = str(exc)
+            return
+        self.unavailable = None
         bundle = self.state.current.bundle
         if self.model is None or self.model.version != bundle.version:
             self.model = EventModel.from_bundle(bundle)
         self.bundle_info.serving(bundle.version)
 
-    def check_health(self) -> None:
-        self.state.current  # noqa: B018 -- raises until reconfigure has loaded a bundle
-
     def version(self) -> dict[str, Any]:
+        if self.unavailable is not None and self.model is None:
+            return {"version": f"unavailable ({self.unavailable})", "refused": None}
         return {"version": self.state.current.bundle.version, "refused": self.state.refused}
 
     def apply(self, events: list[Event]) -> dict[str, Any]:
         """{accepted, duplicates, users, push_ms}, or {error, message, status} for the ingress to
         answer (an exception's class does not survive the trip between processes intact)."""
-        assert self.model is not None
+        if self.model is None:
+            message = f"events are not taken: {self.unavailable}; then redeploy"
+            return {"error": "events_unavailable", "message": message, "status": 503}
         try:
             done = self.ingest.apply(self.model, events)
         except RecsysError as exc:

@@ -57,3 +57,39 @@ def test_a_rebuild_keeps_the_events_and_agrees_with_the_pushed_rows(built, tmp_p
     with EventLog(event_log_path(repo)).locked() as log:
         after = updated_row(again, user, log.interactions_of(user, (), again.events_after))
     assert after["user_n_interactions"] == row["user_n_interactions"] and len(after["user_recent_items"]) == 0
+
+
+def test_a_bundle_built_before_events_serves_on_and_refuses_events_with_what_to_do(built, tmp_path):
+    """The EventWriter over a bundle whose history has no log: it starts (the app deploys, requests
+    are answered by the other deployments) and answers events 503 saying to rebuild."""
+    from serve_app.artifacts import History
+    from serve_app.bundle import write_bundle
+    from serve_app.config import SERVING_DEFAULTS
+    from serve_app.deployments import EventWriter
+
+    full = load_bundle(built.bundle)
+    h = full.history
+    old = tmp_path / "old-bundle"
+    write_bundle(
+        old,
+        index=full.index,
+        users=full.users,
+        ranker=full.ranker,
+        item_ids=full.items.item_ids,
+        item_columns=dict(full.items.columns),
+        popular_rows=full.popular_rows,
+        history=History(h.user_ids, h.indptr, h.rows),  # no ratings, no times
+        manifest=full.manifest,
+    )
+    load_bundle(old)  # still a good bundle for recommendations
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(built.repo, repo)
+    settings = SERVING_DEFAULTS.with_overrides({"bundle": str(old)}).model_dump(mode="json")
+    writer = EventWriter.func_or_class(settings, str(repo), None)
+    writer.reconfigure({})
+    now = datetime.now(UTC)
+    event = Event(event_id="o-1", user_id=1, item_id=int(full.items.item_ids[0]), event="view", timestamp=now)
+    answer = writer.apply([event])
+    assert answer["status"] == 503 and "rebuild it" in answer["message"]
+    assert writer.version()["version"].startswith("unavailable")
+    assert not event_log_path(repo).exists()
