@@ -45,8 +45,9 @@ def test_colocated_config_matches_serves_schema():
     )
     [app] = schema.applications
     assert AppArgs.model_validate(app.args).topology == "colocated"
-    # Colocated runs no stage deployments: naming one here would fail the deploy.
-    assert [d.name for d in app.deployments] == ["Ingress"]
+    # Colocated runs no stage deployments (naming one here would fail the deploy); the EventWriter
+    # takes POST /events in both topologies.
+    assert [d.name for d in app.deployments] == ["Ingress", "EventWriter"]
     assert app.deployments[0].autoscaling_config["max_replicas"] >= 1
 
 
