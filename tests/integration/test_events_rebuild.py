@@ -7,6 +7,7 @@ import shutil
 from datetime import UTC, datetime
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from serve_app.bundle import load_bundle
@@ -16,6 +17,7 @@ from serve_app.event_ingest import EventIngest, feast_push
 from serve_app.event_log import EventLog, event_log_path
 from serve_app.events import Event
 from serve_app.features import USER_FEATURES
+from serve_app.offline import feast_ops
 from serve_app.offline.build import build
 from serve_app.offline.data import load_movielens
 from serve_app.stages.user_features import feast_fetcher
@@ -23,9 +25,19 @@ from serve_app.stages.user_features import feast_fetcher
 pytestmark = pytest.mark.slow
 
 
-def test_a_rebuild_keeps_the_events_and_agrees_with_the_pushed_rows(built, tmp_path):
+def _own_repo(built, tmp_path):
+    """The session's Feast sources with a registry and online store of their own. A copied registry
+    names the original's SQLite tables, which `feast apply` in the copy (the rebuild) would drop."""
     repo = tmp_path / "feature_repo"
-    shutil.copytree(built.repo, repo)
+    shutil.copytree(built.repo, repo, ignore=shutil.ignore_patterns("registry.db", "online_store.db"))
+    feast_ops.apply(repo)
+    stamp = pd.Timestamp(load_bundle(built.bundle, ()).manifest["created_at"])
+    feast_ops.materialize_incremental(repo, (stamp + pd.Timedelta(seconds=1)).to_pydatetime())
+    return repo
+
+
+def test_a_rebuild_keeps_the_events_and_agrees_with_the_pushed_rows(built, tmp_path):
+    repo = _own_repo(built, tmp_path)
     bundle = load_bundle(built.bundle, ("index", "log"))
     model = EventModel.from_bundle(bundle)
     user = int(bundle.history.user_ids[12])

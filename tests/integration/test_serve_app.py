@@ -316,4 +316,8 @@ def test_redeploy_with_a_new_bundle_while_requests_flow(served, built, tmp_path)
     assert len(statuses) > 10 and not failures, failures[:3]
     version = client.get("/version").json()
     assert version["bundle_version"] == "next-version"
-    assert version["stages"] == {"retriever": "next-version", "ranker": "next-version"}
+    assert version["stages"] == {
+        "retriever": "next-version",
+        "ranker": "next-version",
+        "event_writer": "next-version",
+    }
