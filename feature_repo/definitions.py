@@ -27,8 +27,8 @@ item_source = FileSource(
 )
 
 # Fresh user features (a new embedding after a session, with its model id; updated counts) are pushed
-# here in real time:
-#   store.push("user_push", df, to=PushMode.ONLINE)
+# here in real time by POST /events (serve_app/event_ingest.py):
+#   store.push("user_push", df, to=PushMode.ONLINE_AND_OFFLINE)
 user_push = PushSource(name="user_push", batch_source=user_source)
 
 # ttl=0: a value stays valid until a newer one replaces it (users can be idle for months).
@@ -52,6 +52,12 @@ user_features = FeatureView(
             name="user_category_share",
             dtype=Array(Float32),
             description="Share of the user's interactions in each item category (indexed by item_category)",
+        ),
+        Field(
+            name="user_recent_items",
+            dtype=Array(Int64),
+            description="Items of the user's events since the bundle was built, newest last (the seen "
+            "filter adds them to the bundle's history); empty in the rows a build writes",
         ),
     ],
     online=True,

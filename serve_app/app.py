@@ -17,8 +17,9 @@ from serve_app.admission import admission_for
 from serve_app.brownout import BrownoutFlow
 from serve_app.bundle import load_bundle
 from serve_app.config import AppArgs, ServingSettings, resolve_path
-from serve_app.deployments import Ranker, Retriever, open_reader
-from serve_app.errors import RETRY_AFTER_S, NotReady, Overloaded
+from serve_app.deployments import EventWriter, Ranker, Retriever, open_reader
+from serve_app.errors import RETRY_AFTER_S, DependencyError, NotReady, Overloaded, RecsysError
+from serve_app.events import EventsRequest, EventsResponse
 from serve_app.http import create_api
 from serve_app.metrics import FeatureMetrics, RecallGauge, ServeRequestMetrics
 from serve_app.recall_monitor import RecallMonitor
@@ -36,6 +37,9 @@ from serve_app.stages.retrieve import query_vector
 from serve_app.stages.user_features import UserFeatureResult
 
 __all__ = ["AppArgs", "Ingress", "build_app"]
+
+# A push rewrites Feast's file offline source: seconds on a large one, never the request deadline.
+EVENTS_TIMEOUT_S = 30.0
 
 api = create_api(
     echo_request_id=False,
@@ -80,6 +84,7 @@ class Ingress:
         feature_store_yaml: str | None = None,
         retriever: DeploymentHandle | None = None,
         ranker: DeploymentHandle | None = None,
+        event_writer: DeploymentHandle | None = None,
     ) -> None:
         base = ServingSettings.model_validate(settings)
         self.metrics = ServeRequestMetrics(topology)
@@ -90,6 +95,7 @@ class Ingress:
         self.exposure_of: tuple[str, int] | None = None  # (bundle version, window) the gauges watch
         api.state.on_error = self.refused  # every error answer, 4xx and 503, is counted
         self.reader = None
+        self.event_writer = event_writer
         self.stage_handles: dict[str, DeploymentHandle] = {}
         if topology == "graph":
             if retriever is None or ranker is None:
@@ -156,6 +162,37 @@ class Ingress:
         self.request_log.answered(request.state.request_id, body.user_id, body.k, result, elapsed_ms)
         return to_response(result, body, request.state.request_id, elapsed_ms)
 
+    @api.post(
+        "/events",
+        status_code=202,
+        response_model=EventsResponse,
+        responses={
+            413: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+            503: {"model": ErrorResponse},
+        },
+    )
+    async def events(self, body: EventsRequest) -> EventsResponse:
+        """Apply user events (idempotent by event_id). 202 once they are in the event log and the
+        store's push returned; 503 when the store refused them (nothing applied: send them again)."""
+        if self.event_writer is None:
+            raise DependencyError("this deployment takes no events (no EventWriter)")
+        try:
+            done = await asyncio.wait_for(self.event_writer.apply.remote(body.events), EVENTS_TIMEOUT_S)
+        except Exception as exc:
+            raise DependencyError(
+                f"the event writer failed or did not answer ({type(exc).__name__}); send the events again: "
+                "ids already applied are counted as duplicates"
+            ) from exc
+        if "error" in done:
+            error = RecsysError(done["message"])
+            error.code, error.http_status = done["error"], done["status"]
+            error.retry_after_s = RETRY_AFTER_S if done["status"] == 503 else None
+            raise error
+        if self.reader is not None:  # colocated: this replica's own cache must not hide the push
+            self.reader.forget(done["users"])
+        return EventsResponse(accepted=done["accepted"], duplicates=done["duplicates"])
+
     @api.get("/healthz", response_model=HealthResponse, responses={503: {"model": ErrorResponse}})
     async def healthz(self) -> HealthResponse:
         """Ready when this replica holds a bundle and every stage it calls answers (a load balancer's
@@ -184,6 +221,12 @@ class Ingress:
             stages[name] = info["version"]
             if info["refused"]:
                 refused[name] = info["refused"]["error"]
+        if self.event_writer is not None:
+            try:
+                info = await asyncio.wait_for(self.event_writer.version.remote(), 2.0)
+                stages["event_writer"] = info["version"]
+            except Exception as exc:
+                stages["event_writer"] = f"unavailable ({type(exc).__name__})"
         return VersionResponse(
             bundle_version=bundle.version,
             bundle_path=str(bundle.path),
@@ -205,11 +248,15 @@ def build_app(args: AppArgs) -> serve.Application:
     ingress = Ingress.options(user_config={})
     repo = str(resolve_path(args.feature_repo))
     yaml = str(resolve_path(args.feature_store_yaml)) if args.feature_store_yaml else None
+    events = EventWriter.options(user_config={}).bind(settings, repo, yaml)
     if args.topology == "colocated":
-        return ingress.bind(settings, "colocated", feature_repo=repo, feature_store_yaml=yaml)
+        return ingress.bind(
+            settings, "colocated", feature_repo=repo, feature_store_yaml=yaml, event_writer=events
+        )
     return ingress.bind(
         settings,
         "graph",
         retriever=Retriever.options(user_config={}).bind(settings, repo, yaml),
         ranker=Ranker.options(user_config={}).bind(settings),
+        event_writer=events,
     )

@@ -145,17 +145,31 @@ class UserVectors:
 
 @dataclass(frozen=True)
 class History:
-    """Items each user has already interacted with, as item rows (CSR by sorted user id)."""
+    """Items each user has already interacted with, as item rows (CSR by sorted user id), in time
+    order. With `ratings` and `ts` (the bundle's "log" part) it is each user's whole interaction log
+    the model was trained on: what recomputing a user's features after new events starts from."""
 
     user_ids: np.ndarray
     indptr: np.ndarray
     rows: np.ndarray
+    ratings: np.ndarray | None = None  # float32, aligned with rows
+    ts: np.ndarray | None = None  # int64 unix seconds, aligned with rows
 
-    def seen(self, user_id: int) -> np.ndarray:
+    def _span(self, user_id: int) -> slice:
         pos = int(np.searchsorted(self.user_ids, user_id))
         if pos < len(self.user_ids) and self.user_ids[pos] == user_id:
-            return self.rows[self.indptr[pos] : self.indptr[pos + 1]]
-        return self.rows[:0]
+            return slice(int(self.indptr[pos]), int(self.indptr[pos + 1]))
+        return slice(0, 0)
+
+    def seen(self, user_id: int) -> np.ndarray:
+        return self.rows[self._span(user_id)]
+
+    def log(self, user_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, ratings, ts) of the user's interactions, oldest first."""
+        if self.ratings is None or self.ts is None:
+            raise ValueError("this history was loaded without its log (ratings, ts)")
+        span = self._span(user_id)
+        return self.rows[span], self.ratings[span], self.ts[span]
 
 
 def load_ranker(path: str) -> xgb.Booster:

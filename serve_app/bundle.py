@@ -37,8 +37,9 @@ from serve_app.features import FEATURE_NAMES, ITEM_FEATURES, USER_FEATURES
 FORMAT = 2
 FILES = ("index.faiss", "user_factors.npz", "ranker.ubj", "items.npz", "popular.npy", "history.npz")
 # The item snapshot and the popularity list are small and every replica needs them; these are optional.
-# "index" is the retrieval model: the FAISS index and the user factors of the same model.
-Part = Literal["index", "ranker", "history"]
+# "index" is the retrieval model: the FAISS index and the user factors of the same model. "log": the
+# history with each interaction's rating and time (what recomputing a user's features needs).
+Part = Literal["index", "ranker", "history", "log"]
 ALL_PARTS: frozenset[Part] = frozenset(("index", "ranker", "history"))
 
 
@@ -121,7 +122,14 @@ def write_bundle(
         **{k: np.asarray(v, dtype=np.float64) for k, v in item_columns.items()},
     )
     np.save(staging / "popular.npy", popular_rows.astype(np.int64))
-    np.savez(staging / "history.npz", user_ids=history.user_ids, indptr=history.indptr, rows=history.rows)
+    log = {} if history.ratings is None else {"ratings": history.ratings, "ts": history.ts}
+    np.savez(
+        staging / "history.npz",
+        user_ids=history.user_ids,
+        indptr=history.indptr,
+        rows=history.rows,
+        **log,
+    )
     files = {
         name: {"sha256": sha256(staging / name), "bytes": (staging / name).stat().st_size} for name in FILES
     }
@@ -196,9 +204,12 @@ def load_bundle(path: str | Path, parts: Collection[Part] = ALL_PARTS) -> Bundle
             items = ItemSnapshot(npz["item_ids"], {name: npz[name] for name in ITEM_FEATURES})
         popular = np.load(path / "popular.npy", allow_pickle=False)
         history = None
-        if "history" in parts:
+        if "history" in parts or "log" in parts:
             with np.load(path / "history.npz", allow_pickle=False) as npz:
-                history = History(npz["user_ids"], npz["indptr"], npz["rows"])
+                if "log" in parts and "ratings" not in npz.files:
+                    raise _fail(path, "history.npz has no interaction log (built before events; rebuild it)")
+                log = (npz["ratings"], npz["ts"]) if "log" in parts else (None, None)
+                history = History(npz["user_ids"], npz["indptr"], npz["rows"], *log)
     except (RuntimeError, ValueError, KeyError, OSError, xgb.core.XGBoostError) as exc:
         raise _fail(path, f"an artifact could not be read ({exc})") from exc
     _check_consistent(path, manifest, index, users, ranker, items, popular, history)
@@ -281,3 +292,9 @@ def _check_consistent(
         len(history.indptr) != len(history.user_ids) + 1 or (len(history.rows) and history.rows.max() >= n)
     ):
         raise _fail(path, "history.npz is inconsistent with the item snapshot")
+    if (
+        history is not None
+        and history.ratings is not None
+        and (history.ratings.shape != history.rows.shape or np.shape(history.ts) != history.rows.shape)
+    ):
+        raise _fail(path, "history.npz ratings and ts are not aligned with its rows")

@@ -1,4 +1,5 @@
-"""`recsys`: the offline path from the command line (data, build, tune, evaluate, verify)."""
+"""`recsys`: the offline path from the command line (data, build, tune, evaluate, verify), and
+`recsys events FILE` to send events to a running service."""
 
 from __future__ import annotations
 
@@ -134,6 +135,17 @@ def cmd_verify(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_events(args: argparse.Namespace) -> None:
+    from serve_app.event_client import read_events, send_events
+
+    events = read_events(args.file)
+    sent = send_events(args.url, events, batch=args.batch)
+    print(
+        f"{len(events):,} events sent to {args.url}/events in {sent.requests} requests: "
+        f"{sent.accepted:,} accepted, {sent.duplicates:,} duplicates (already applied)"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -178,6 +190,12 @@ def parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--repo", default=os.environ.get("RECSYS_FEATURE_REPO", str(DEFAULT_REPO)))
     tune.set_defaults(func=cmd_tune)
+
+    events = sub.add_parser("events", help="send a JSON or JSONL file of events to a running service")
+    events.add_argument("file", help='JSONL (one event per line), or JSON: a list or {"events": [...]}')
+    events.add_argument("--url", default=os.environ.get("RECSYS_URL", "http://127.0.0.1:8000"))
+    events.add_argument("--batch", type=int, default=1_000, help="events per request (1-1000)")
+    events.set_defaults(func=cmd_events)
 
     for name, func, text in (
         ("evaluate", cmd_evaluate, "print a bundle's evaluation table"),

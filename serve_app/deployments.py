@@ -14,6 +14,11 @@ from ray import serve
 
 from serve_app.bundle import Part
 from serve_app.config import SERVING_DEFAULTS, ServingSettings
+from serve_app.errors import BundleError, RecsysError
+from serve_app.event_features import EventModel
+from serve_app.event_ingest import EventIngest, feast_push
+from serve_app.event_log import EventLog, event_log_path
+from serve_app.events import Event
 from serve_app.metrics import BatchSizes, BundleInfo, FeatureMetrics, RecallGauge
 from serve_app.recall_monitor import RecallMonitor
 from serve_app.serving_state import ServingState
@@ -124,3 +129,57 @@ class Ranker(_BundleStage):
     async def rank(self, retrieved: list[Retrieved]) -> list[Scored]:
         self.batch_sizes.observe(retrieved)
         return rank_candidates(self.state.current.bundle, retrieved)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, num_replicas=1, max_ongoing_requests=4)
+class EventWriter:
+    """POST /events behind the ingress: recomputes the users' rows against the served bundle and
+    pushes them to the store (serve_app/event_ingest.py). Its own replica, off the request path:
+    Feast's file offline store rewrites the user source on every push, and the fold-in needs the item
+    factors, which the graph's ingress does not load. One replica; the event log's lock keeps more
+    (or a second writer) from applying an event twice all the same."""
+
+    def __init__(self, settings: dict[str, Any], feature_repo: str, feature_store_yaml: str | None) -> None:
+        self.state = ServingState(ServingSettings.model_validate(settings), ("index", "log"))
+        self.bundle_info = BundleInfo()
+        self.ingest = EventIngest(
+            EventLog(event_log_path(feature_repo)), feast_push(feature_repo, feature_store_yaml)
+        )
+        self.model: EventModel | None = None
+        self.unavailable: str | None = None
+
+    def reconfigure(self, config: dict[str, Any] | None) -> None:
+        try:
+            self.state.reconfigure(config)
+        except BundleError as exc:
+            # A bundle built before events has no interaction log: serve recommendations all the
+            # same, and answer events 503 with what to do (the app must not fail to deploy).
+            self.unavailable = str(exc)
+            return
+        self.unavailable = None
+        bundle = self.state.current.bundle
+        if self.model is None or self.model.version != bundle.version:
+            self.model = EventModel.from_bundle(bundle)
+        self.bundle_info.serving(bundle.version)
+
+    def version(self) -> dict[str, Any]:
+        if self.unavailable is not None and self.model is None:
+            return {"version": f"unavailable ({self.unavailable})", "refused": None}
+        return {"version": self.state.current.bundle.version, "refused": self.state.refused}
+
+    def apply(self, events: list[Event]) -> dict[str, Any]:
+        """{accepted, duplicates, users, push_ms}, or {error, message, status} for the ingress to
+        answer (an exception's class does not survive the trip between processes intact)."""
+        if self.model is None:
+            message = f"events are not taken: {self.unavailable}; then redeploy"
+            return {"error": "events_unavailable", "message": message, "status": 503}
+        try:
+            done = self.ingest.apply(self.model, events)
+        except RecsysError as exc:
+            return {"error": exc.code, "message": str(exc), "status": exc.http_status}
+        return {
+            "accepted": done.accepted,
+            "duplicates": done.duplicates,
+            "users": list(done.users),
+            "push_ms": done.push_ms,
+        }

@@ -25,6 +25,9 @@ FEATURE_SERVICE = "ranker_v1"
 USER_ONLINE_SERVICE = "user_online_v1"
 USER_EMBEDDING = "user_embedding"
 USER_EMBEDDING_MODEL = "user_embedding_model"  # id of the model that produced user_embedding
+# Items the user interacted with after the bundle was built (events), newest last: the seen filter
+# adds them to the bundle's history. Not a ranker input.
+USER_RECENT_ITEMS = "user_recent_items"
 
 # Raw Feast features, in the ranker FeatureService's order.
 USER_FEATURES: tuple[str, ...] = (

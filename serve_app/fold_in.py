@@ -13,8 +13,9 @@ import numpy as np
 
 def interaction_weight(rating: np.ndarray) -> np.ndarray:
     """Confidence of one interaction before ALS's `alpha`: any interaction is a positive signal, a
-    higher rating a stronger one. The one definition, for training and fold-in alike."""
-    return 1.0 + np.asarray(rating, dtype=np.float32) / 5.0
+    higher rating a stronger one; an unrated one (NaN: a view or a click event) is the plain positive
+    signal, weight 1. The one definition, for training and fold-in alike."""
+    return 1.0 + np.nan_to_num(np.asarray(rating, dtype=np.float32), nan=0.0) / 5.0
 
 
 def confidence(rating: np.ndarray, later: np.ndarray, alpha: float, half_life: float | None) -> np.ndarray:

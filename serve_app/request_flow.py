@@ -160,4 +160,10 @@ def to_response(
         request_id=request_id,
         timings_ms={**result.timings_ms, "total": round(elapsed_ms, 3)} if body.debug else None,
         filtered=result.filtered if body.debug else None,
+        user_features=_plain(result.user_features) if body.debug else None,
     )
+
+
+def _plain(values: Any) -> dict[str, Any]:
+    """The user's features as JSON values (the store hands back numpy arrays and scalars)."""
+    return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in dict(values).items()}

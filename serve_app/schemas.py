@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_K = 100
 MAX_EXCLUDE = 1_000
-# A valid request is at most ~20 KB (1,000 excluded ids); anything far beyond is refused with 413.
-MAX_BODY_BYTES = 64 * 1024
+# A valid /recommend is at most ~20 KB (1,000 excluded ids); anything far beyond is refused with 413.
+# POST /events takes up to 1,000 events of at most ~300 bytes each.
+MAX_BODY_BYTES = 320 * 1024
 
 
 class RecommendRequest(BaseModel):
@@ -41,6 +44,9 @@ class RecommendResponse(BaseModel):
     degraded_reason: str | None = None
     timings_ms: dict[str, float] | None = None
     filtered: dict[str, int] | None = None
+    user_features: dict[str, Any] | None = Field(
+        None, description="With debug: the user's online features this answer used (counts, recency, ...)"
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -29,9 +29,17 @@ class Served:
     filters: tuple[Filter, ...]
     settings: ServingSettings
 
-    def context(self, user_id: int, exclude_item_ids: tuple[int, ...]) -> FilterContext:
+    def context(
+        self, user_id: int, exclude_item_ids: tuple[int, ...], recent_item_ids: np.ndarray | None = None
+    ) -> FilterContext:
+        """`recent_item_ids`: items of the user's events since the bundle was built (their online
+        row), seen as much as the bundle's history; appended last, as the newest, once each."""
         excluded = self.bundle.items.rows_of(np.asarray(exclude_item_ids, dtype=np.int64))
-        return FilterContext(user_id, self.bundle.history.seen(user_id), excluded)
+        seen = self.bundle.history.seen(user_id)
+        if recent_item_ids is not None and len(recent_item_ids):
+            recent = self.bundle.items.rows_of(np.asarray(recent_item_ids, dtype=np.int64))
+            seen = np.concatenate([seen[~np.isin(seen, recent)], recent])
+        return FilterContext(user_id, seen, excluded)
 
 
 class ServingState:

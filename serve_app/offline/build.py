@@ -23,12 +23,14 @@ from feast import FeatureStore
 from serve_app import bundle as bundle_mod
 from serve_app.artifacts import History, UserVectors
 from serve_app.config import BuildConfig
+from serve_app.event_log import event_log_path
 from serve_app.features import ITEM_FEATURES
-from serve_app.offline import feast_ops, protocol
+from serve_app.offline import feast_ops, feature_tables, protocol
 from serve_app.offline.data import Interactions
 from serve_app.offline.embeddings import Embeddings, fold_in_users, train_als, user_logs
 from serve_app.offline.evaluation import format_table
 from serve_app.offline.index import build_index, index_recall
+from serve_app.offline.logged_events import with_logged_events
 from serve_app.offline.sources import (
     served_item_rows,
     serving_stamp,
@@ -85,9 +87,15 @@ def ranker_input_shift(
     return shift
 
 
-def _history(ratings: pd.DataFrame, emb: Embeddings) -> History:
+def history_of(ratings: pd.DataFrame, emb: Embeddings) -> History:
     ordered, user_ids, indptr = user_logs(ratings)
-    return History(user_ids.astype(np.int64), indptr, emb.item_rows(ordered["item_id"].to_numpy()))
+    return History(
+        user_ids.astype(np.int64),
+        indptr,
+        emb.item_rows(ordered["item_id"].to_numpy()),
+        ordered["rating"].to_numpy(np.float32),
+        ordered["ts"].to_numpy(np.int64),
+    )
 
 
 @dataclass(frozen=True)
@@ -144,8 +152,10 @@ def evaluate_on(
 def build(
     data: Interactions, cfg: BuildConfig, repo: Path, artifacts: Path, progress: bool = True
 ) -> tuple[Path, dict]:
-    """Run the whole offline path; returns the published bundle's path and its evaluation."""
+    """Run the whole offline path; returns the published bundle's path and its evaluation. The events
+    the service accepted (the repo's event log) join the interaction log first."""
     timer = Timer(log=progress)
+    data, events = with_logged_events(data, event_log_path(repo))
     stamp = serving_stamp(repo, int(data.ratings["ts"].max()) + 1)
     with timer.step("embeddings (served model, all data)"):
         served = fold_in_users(
@@ -200,6 +210,7 @@ def build(
                 "n_users": int(data.ratings["user_id"].nunique()),
                 "n_items": len(data.items),
                 "skipped_rows": len(data.skipped),
+                **events,
                 "data_end": pd.Timestamp(data_end, unit="s", tz="UTC").isoformat(),
             },
             "model": {
@@ -209,6 +220,8 @@ def build(
                 "n_users": len(served.user_ids),
             },
             "embedding_dim": int(served.item_factors.shape[1]),
+            # The length of user_category_share, for rows serving recomputes after events.
+            "n_categories": feature_tables.n_categories_of(data.items),
             "index": index_params,
             "ranker": {**infos[cfg.seed], "seed": cfg.seed},
             "feature_service": feast_ops.FEATURE_SERVICE,
@@ -225,7 +238,7 @@ def build(
                 item_ids=served.item_ids,
                 item_columns=columns,
                 popular_rows=popular_rows,
-                history=_history(data.ratings, served),
+                history=history_of(data.ratings, served),
                 manifest=manifest,
             )
             bundle_mod.load_bundle(staging)  # never publish what the server would refuse

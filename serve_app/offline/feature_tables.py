@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from serve_app.features import USER_EMBEDDING, USER_EMBEDDING_MODEL
+from serve_app.features import USER_EMBEDDING, USER_EMBEDDING_MODEL, USER_RECENT_ITEMS
 
 DAY = 86_400.0
 RECENT_DAYS = 30
@@ -33,7 +33,7 @@ def user_rows_at_cutoffs(
 
     `vectors[user_id]` is the user's vector at the cutoff and the id of the model it belongs to.
     """
-    stats = _user_stats(history[history["user_id"].isin(cutoff.index)], items, cutoff)
+    stats = user_stats(history[history["user_id"].isin(cutoff.index)], items, cutoff)
     users = stats["user_id"].tolist()
     stats[USER_EMBEDDING] = [vectors[u][0] if u in vectors else None for u in users]
     stats[USER_EMBEDDING_MODEL] = [vectors[u][1] if u in vectors else None for u in users]
@@ -54,26 +54,40 @@ def user_rows_final(
     """Serving rows: every user's features from all data as of `as_of`, stamped `stamp`, with the
     served model's vector and its id."""
     reference = pd.Series(as_of, index=pd.Index(user_ids, name="user_id"))
-    stats = _user_stats(ratings, items, reference)
+    stats = user_stats(ratings, items, reference)
     stats[USER_EMBEDDING] = list(embeddings[np.searchsorted(user_ids, stats["user_id"].to_numpy())])
     stats[USER_EMBEDDING_MODEL] = model_id
     stats["event_timestamp"] = stamp
     return stats
 
 
-def _category_shares(ratings: pd.DataFrame, items: pd.DataFrame) -> pd.Series:
-    """user_id -> float32 vector: share of the user's interactions in each category code."""
-    n_categories = int(items["category"].max()) + 1 if len(items) else 0
-    category = items.set_index("item_id")["category"].reindex(ratings["item_id"]).to_numpy()
+def n_categories_of(items: pd.DataFrame) -> int:
+    """Length of `user_category_share`: one slot per category code of the catalogue."""
+    return int(items["category"].max()) + 1 if len(items) else 0
+
+
+def _category_shares(ratings: pd.DataFrame, items: pd.DataFrame, n_categories: int) -> pd.Series:
+    """user_id -> float32 vector: share of the user's interactions in each category code (an item
+    the catalogue does not know counts as an interaction of no category)."""
+    category = (
+        items.set_index("item_id")["category"].reindex(ratings["item_id"]).fillna(-1).to_numpy(np.int64)
+    )
     users, user_pos = np.unique(ratings["user_id"].to_numpy(), return_inverse=True)
     counts = np.zeros((len(users), max(n_categories, 1)), dtype=np.float64)
-    known = category >= 0
+    known = (category >= 0) & (category < n_categories)
     np.add.at(counts, (user_pos[known], category[known]), 1.0)
     shares = counts / np.maximum(np.bincount(user_pos, minlength=len(users)), 1)[:, None]
     return pd.Series(list(shares[:, :n_categories].astype(np.float32)), index=users)
 
 
-def _user_stats(ratings: pd.DataFrame, items: pd.DataFrame, reference: pd.Series) -> pd.DataFrame:
+def user_stats(
+    ratings: pd.DataFrame, items: pd.DataFrame, reference: pd.Series, n_categories: int | None = None
+) -> pd.DataFrame:
+    """The user features of each user in `ratings` (user_id, item_id, rating, ts) as of
+    `reference[user_id]` (unix s): the build's rows and, over one user's log plus new events, the rows
+    serving pushes (serve_app/event_features.py), so the two cannot drift apart. An unrated
+    interaction (rating NaN: a view, a click) counts everywhere but in `user_avg_rating`.
+    `n_categories`: the share vector's length (default: the categories of `items`)."""
     ref = reference.reindex(ratings["user_id"]).to_numpy()
     recent = ratings["ts"].to_numpy() >= ref - RECENT_DAYS * DAY
     grouped = ratings.assign(recent=recent).groupby("user_id")
@@ -88,7 +102,11 @@ def _user_stats(ratings: pd.DataFrame, items: pd.DataFrame, reference: pd.Series
     out["user_days_since_last"] = (
         (reference.reindex(out.index).to_numpy() - out["user_last_ts"].to_numpy()) / DAY
     ).astype(np.float32)
-    out["user_category_share"] = _category_shares(ratings, items).reindex(out.index)
+    width = n_categories_of(items) if n_categories is None else n_categories
+    out["user_category_share"] = _category_shares(ratings, items, width).reindex(out.index)
+    # Items seen after the bundle was built are pushed here by serving (events); the bundle's own
+    # history already holds every item of the rows a build writes.
+    out[USER_RECENT_ITEMS] = [np.empty(0, np.int64)] * len(out)
     return out.drop(columns="user_last_ts").reset_index()
 
 
@@ -106,7 +124,10 @@ def item_rows_at(
     order = np.lexsort((ratings["ts"].to_numpy(), ratings["item_id"].to_numpy()))
     it = ratings["item_id"].to_numpy()[order]
     ts = ratings["ts"].to_numpy()[order].astype(np.int64)
-    rating_sum = np.concatenate([[0.0], np.cumsum(ratings["rating"].to_numpy(np.float64)[order])])
+    # Unrated interactions (views, clicks: NaN) count as interactions, not in the average rating.
+    rating = ratings["rating"].to_numpy(np.float64)[order]
+    rating_sum = np.concatenate([[0.0], np.cumsum(np.nan_to_num(rating, nan=0.0))])
+    rated = np.concatenate([[0], np.cumsum(~np.isnan(rating))])
     known_ids, start = np.unique(it, return_index=True)
     pos = np.searchsorted(known_ids, item_ids).clip(0, max(len(known_ids) - 1, 0))
     known = (known_ids[pos] == item_ids) if len(known_ids) else np.zeros(len(item_ids), bool)
@@ -133,13 +154,19 @@ def item_rows_at(
             "item_popularity_year": (end - np.maximum(year_from[ok], first)).astype(np.int64),
             "item_age_days": ((times - ts[first]) / DAY).astype(np.float32),
             "item_days_since_last": ((times - ts[end - 1]) / DAY).astype(np.float32),
-            "item_avg_rating": ((rating_sum[end] - rating_sum[first]) / count).astype(np.float32),
+            "item_avg_rating": _mean(rating_sum[end] - rating_sum[first], rated[end] - rated[first]),
         }
     )
     out["item_category"] = (
         items.set_index("item_id")["category"].reindex(out["item_id"]).fillna(-1).astype(np.int64).to_numpy()
     )
     return out
+
+
+def _mean(total: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """total / n as float32, NaN where n is 0 (nothing rated: unknown, XGBoost's missing value)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / np.maximum(n, 1), np.nan).astype(np.float32)
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:

@@ -110,7 +110,10 @@ def retrieve_batch(
             vectors.append(vector)
     if todo:
         queries = np.stack(vectors)
-        contexts = [served.context(requests[i][0].user_id, tuple(requests[i][2])) for i in todo]
+        contexts = [
+            served.context(requests[i][0].user_id, tuple(requests[i][2]), requests[i][0].recent_item_ids)
+            for i in todo
+        ]
         n = max(requests[i][1] for i in todo)
         filter_ms: list[float] = []
         results = retrieve(bundle.index, queries, n, served.filters, contexts, filter_ms)
@@ -126,6 +129,7 @@ def retrieve_batch(
                 reason=f.reason,
                 features=candidate_features(bundle.index, c, ctx.seen_rows),
                 timings_ms={"filter": f_ms},
+                user_features=f.values,
             )
     elapsed = (time.perf_counter() - start) * 1000  # the whole stage, filtering included
     return [replace(s, timings_ms={**s.timings_ms, "retrieve": elapsed}) for s in out if s is not None]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +27,8 @@ class Scored:
     # Per-candidate inputs of the ranker computed where the vectors are (features.RETRIEVAL_FEATURES),
     # aligned with item_ids; empty once the ranker has reordered the list.
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    # The user's online features this answer used (shown with debug: true), as the store returned them.
+    user_features: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, bundle_version: str, **why: object) -> Scored:

@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,13 +20,20 @@ import numpy as np
 
 from serve_app.config import SERVING_DEFAULTS, ServingSettings
 from serve_app.errors import ConfigError
-from serve_app.features import USER_EMBEDDING, USER_EMBEDDING_MODEL, USER_FEATURES, USER_ONLINE_SERVICE
+from serve_app.features import (
+    USER_EMBEDDING,
+    USER_EMBEDDING_MODEL,
+    USER_FEATURES,
+    USER_ONLINE_SERVICE,
+    USER_RECENT_ITEMS,
+)
 from serve_app.stages import fallback
 
 Fetch = Callable[[int], dict[str, Any] | None]
 Observe = Callable[["UserFeatureResult", float], None]  # (result, milliseconds the read took)
 EVENT_TIME = "__event_time_s"  # the fetched row's event timestamp, next to the feature values
 Source = Literal["online", "cache", "stale_cache", "none"]
+NO_ITEMS = np.empty(0, np.int64)
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,8 @@ class UserFeatureResult:
     reason: str | None = None  # why the store read failed
     embedding_model: str | None = None  # the model that produced `embedding`
     event_time_s: float | None = None  # when the store's row was computed (epoch s), when it says
+    # Items of the user's events since the bundle was built, newest last (the seen filter adds them).
+    recent_item_ids: np.ndarray = field(default_factory=lambda: NO_ITEMS)
 
     @property
     def degraded(self) -> bool:
@@ -60,7 +69,7 @@ def feast_fetcher(repo: str | Path, fs_yaml: str | Path | None = None) -> Fetch:
             "that is not set here (REDIS_CONNECTION_STRING: host:port of the Redis online store)"
         )
     service = store.get_feature_service(USER_ONLINE_SERVICE)
-    names = (USER_EMBEDDING, USER_EMBEDDING_MODEL, *USER_FEATURES)
+    names = (USER_EMBEDDING, USER_EMBEDDING_MODEL, *USER_FEATURES, USER_RECENT_ITEMS)
 
     def fetch(user_id: int) -> dict[str, Any] | None:
         response = store.get_online_features(features=service, entity_rows=[{"user_id": int(user_id)}])
@@ -156,6 +165,13 @@ class UserFeatureReader:
             return self._settle(user_id, hit, None, exc)
         return self._settle(user_id, hit, values, None)
 
+    def forget(self, user_ids: Sequence[int]) -> None:
+        """Drop these users' cached rows (their features were just pushed): the next read goes to the
+        store. Only this process's cache; other replicas' entries expire after `ttl_s`."""
+        with self._lock:
+            for u in user_ids:
+                self._cache.pop(int(u), None)
+
     def close(self) -> None:
         """Stop the store-reading threads (for callers that create readers and move on)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -171,6 +187,7 @@ def _result(
     values_by_name = {name: values.get(name) for name in USER_FEATURES}
     model = values.get(USER_EMBEDDING_MODEL)
     event_time = values.get(EVENT_TIME)
+    recent = values.get(USER_RECENT_ITEMS)
     return UserFeatureResult(
         user_id,
         values_by_name,
@@ -180,4 +197,5 @@ def _result(
         reason,
         str(model) if model else None,
         float(event_time) if event_time else None,
+        np.asarray(recent, dtype=np.int64) if recent is not None and len(recent) else NO_ITEMS,
     )

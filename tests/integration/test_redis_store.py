@@ -26,7 +26,7 @@ from serve_app import redis_server
 from serve_app.bundle import load_bundle
 from serve_app.config import SERVING_DEFAULTS
 from serve_app.errors import ConfigError
-from serve_app.features import USER_EMBEDDING, USER_EMBEDDING_MODEL, USER_FEATURES
+from serve_app.features import USER_EMBEDDING, USER_EMBEDDING_MODEL, USER_FEATURES, USER_RECENT_ITEMS
 from serve_app.offline import feast_ops
 from serve_app.redis_store import REDIS_ENV, REDIS_YAML
 from serve_app.request_flow import in_process_flow
@@ -121,7 +121,9 @@ def test_a_push_lands_in_redis_and_the_reader_sees_it(built, on_redis):
     # Newer than the materialized row: Feast's Redis writer keeps the newest by event time. Whole
     # seconds: Feast answers event times in seconds.
     pushed_at = pd.Timestamp(on_redis.loaded_until + timedelta(minutes=1)).floor("s")
-    features = {name: before[name] for name in (USER_EMBEDDING, USER_EMBEDDING_MODEL, *USER_FEATURES)}
+    # A push names every field of the view (user_recent_items too: serve_app/event_ingest.py pushes it).
+    names = (USER_EMBEDDING, USER_EMBEDDING_MODEL, *USER_FEATURES, USER_RECENT_ITEMS)
+    features = {name: before[name] for name in names}
     row = {**features, **changed, "user_id": user, "event_timestamp": pushed_at}
     store = FeatureStore(repo_path=str(built.repo), fs_yaml_file=on_redis.yaml)
     store.push("user_push", pd.DataFrame([row]), to=PushMode.ONLINE)

@@ -143,7 +143,8 @@ def test_health_version_and_openapi(served, built):
     client, _ = served
     version = load_bundle(built.bundle).version
     assert client.get("/healthz").json() == {"status": "ok", "bundle_version": version}
-    assert client.get("/version").json()["stages"] == {"retriever": version, "ranker": version}
+    stages = client.get("/version").json()["stages"]
+    assert stages == {"retriever": version, "ranker": version, "event_writer": version}
     spec = client.get("/openapi.json").json()
     assert "/recommend" in spec["paths"] and "RecommendRequest" in spec["components"]["schemas"]
 
@@ -259,7 +260,8 @@ def test_colocated_topology_answers_like_the_graph(served, built):
             graph = client.post("/recommend", json={"user_id": user_id, "k": 10}).json()
             local = client.post("/colocated/recommend", json={"user_id": user_id, "k": 10}).json()
             assert local["items"] == graph["items"] and local["fallback"] == graph["fallback"]
-        assert client.get("/colocated/version").json()["stages"] == {"colocated": graph["bundle_version"]}
+        stages = client.get("/colocated/version").json()["stages"]
+        assert stages == {"colocated": graph["bundle_version"], "event_writer": graph["bundle_version"]}
     finally:
         serve.delete("colocated")
 
@@ -314,4 +316,8 @@ def test_redeploy_with_a_new_bundle_while_requests_flow(served, built, tmp_path)
     assert len(statuses) > 10 and not failures, failures[:3]
     version = client.get("/version").json()
     assert version["bundle_version"] == "next-version"
-    assert version["stages"] == {"retriever": "next-version", "ranker": "next-version"}
+    assert version["stages"] == {
+        "retriever": "next-version",
+        "ranker": "next-version",
+        "event_writer": "next-version",
+    }

@@ -26,7 +26,9 @@ def test_config_matches_serves_schema_and_our_app_args():
     assert app.import_path == "serve_app.app:build_app"
     AppArgs.model_validate(app.args)  # unknown or mistyped args would fail the deploy
     deployments = {d.name: d for d in app.deployments}
-    assert set(deployments) == {"Ingress", "Retriever", "Ranker"}  # the Retriever reads the features
+    # the Retriever reads the features; the EventWriter takes POST /events
+    assert set(deployments) == {"Ingress", "Retriever", "Ranker", "EventWriter"}
+    assert deployments["EventWriter"].num_replicas == 1
     for name in ("Retriever", "Ranker"):
         autoscaling = deployments[name].autoscaling_config
         assert autoscaling["target_ongoing_requests"] > 0 and autoscaling["max_replicas"] >= 1
@@ -43,8 +45,9 @@ def test_colocated_config_matches_serves_schema():
     )
     [app] = schema.applications
     assert AppArgs.model_validate(app.args).topology == "colocated"
-    # Colocated runs no stage deployments: naming one here would fail the deploy.
-    assert [d.name for d in app.deployments] == ["Ingress"]
+    # Colocated runs no stage deployments (naming one here would fail the deploy); the EventWriter
+    # takes POST /events in both topologies.
+    assert [d.name for d in app.deployments] == ["Ingress", "EventWriter"]
     assert app.deployments[0].autoscaling_config["max_replicas"] >= 1
 
 
@@ -161,7 +164,7 @@ def assert_in_place_rollout(state: dict, port: int, built, tmp_path, deployed: P
     new = new_version_of(built.bundle, tmp_path / "next", "next-version")
     config = yaml.safe_load(deployed.read_text())
     for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] in ("Ingress", "Retriever", "Ranker"):
+        if deployment["name"] in ("Ingress", "Retriever", "Ranker", "EventWriter"):
             deployment["user_config"] = {"bundle": str(new)}
     rolled = tmp_path / "serve_config.next.yaml"
     rolled.write_text(yaml.safe_dump(config))
