@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,12 +117,19 @@ def query(url: str, promql: str, timeout_s: float = 10) -> list[dict[str, Any]]:
     return body["data"]["result"]
 
 
-def wait_for(url: str, promql: str, timeout_s: float = 120) -> list[dict[str, Any]]:
-    """Poll an instant query until it returns data (scrapes and Ray's export come every few s)."""
+def wait_for(
+    url: str,
+    promql: str,
+    timeout_s: float = 120,
+    done: Callable[[list[dict[str, Any]]], bool] = bool,
+) -> list[dict[str, Any]]:
+    """Poll an instant query until `done(result)` (default: it returns data). Ray exports each
+    series every few seconds and Prometheus scrapes on its own clock, so the series of one burst of
+    traffic appear one scrape apart: wait for all of those you need, not the first."""
     deadline = time.monotonic() + timeout_s
     while True:
         result = query(url, promql)
-        if result or time.monotonic() > deadline:
+        if done(result) or time.monotonic() > deadline:
             return result
         time.sleep(2)
 

@@ -184,13 +184,21 @@ def test_prometheus_sees_every_stage_outcome_and_monitor_and_every_dashboard_que
     assert [name for name in SERIES if name not in text] == []
 
     assert prometheus.targets_up(url, timeout_s=60), "Prometheus scrapes no Ray target"
+
+    def labels(key: str, wanted: set[str]):
+        return lambda result: {r["metric"].get(key) for r in result} >= wanted
+
     p99 = prometheus.wait_for(
         url,
         "histogram_quantile(0.99, sum by (le, stage) (rate(ray_recsys_stage_latency_ms_bucket[5m])))",
+        done=labels("stage", set(STAGES)),
     )
     assert {r["metric"]["stage"] for r in p99} >= set(STAGES)
-    outcomes = prometheus.wait_for(url, "sum by (outcome) (rate(ray_recsys_requests_total[5m]))")
-    assert {r["metric"]["outcome"] for r in outcomes} >= {"ok", "fallback", "invalid"}
+    expected = {"ok", "fallback", "invalid"}
+    outcomes = prometheus.wait_for(
+        url, "sum by (outcome) (rate(ray_recsys_requests_total[5m]))", done=labels("outcome", expected)
+    )
+    assert {r["metric"]["outcome"] for r in outcomes} >= expected
     [recall] = prometheus.wait_for(url, "min(ray_recsys_ann_recall)")
     assert float(recall["value"][1]) > 0.99  # the test bundle's index is exact
     empty = [(title, q) for title, q in dashboard_queries() if not prometheus.wait_for(url, q, 60)]
