@@ -47,7 +47,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     from loadtest import mix
     from loadtest.stats import machine
     from loadtest.targets import served_target
-    from serve_app import worker_node
+    from serve_app import cluster_audit, worker_node
 
     bundle, repo, config = opts.bundle.resolve(), opts.repo.resolve(), opts.config.resolve()
     work = Path(opts.out) / "work"
@@ -64,6 +64,10 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         report.update(startup_s=info["startup_s"], head_node=None, lost_node=lost, head_pid=state["pid"])
         report["worker_pgids"] = [state["worker"]["pid"]]  # the lost node's, then the restarted one's
         report["before"] = worker_node.replica_nodes(state)
+        # The worker's sockets, called as a stranger would (no token): it must refuse like the head.
+        report["worker_sockets"] = [
+            [s.process, s.port, kind] for s, kind, _ in cluster_audit.audit(state["worker"]["pid"])
+        ]
         times: dict[str, float] = {}
         errors: list[BaseException] = []
 

@@ -46,6 +46,10 @@ def test_the_worker_node_lost_under_load_fails_no_request_and_its_replicas_come_
     for stage in worker_node.STAGES:
         assert report["after"][stage] and set(report["after"][stage]) == {new}, report
     assert report["lost_node_state"] == "DEAD", report
+    # The worker joined with the head's token: none of its sockets answers a caller without it.
+    kinds = {kind for _, _, kind in report["worker_sockets"]}
+    assert "open" not in kinds and "refused" in kinds, report["worker_sockets"]
+    assert "raylet" in {name for name, _, kind in report["worker_sockets"] if kind == "refused"}
 
     o = report["outcome"]
     print(two_nodes.markdown(report))
