@@ -93,11 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     store = f"Redis on {redis.address}" if redis else "SQLite"
     nodes = ""
     if args.nodes == 2:
-        placed = worker_node.replica_nodes(state)
+        worker = state["worker"]["node_id"]
+        where = {  # replicas per node, from Serve's state: what the label selectors did
+            d: f"{n.count(worker)} on the worker, {len(n) - n.count(worker)} on the head"
+            for d, n in worker_node.replica_nodes(state).items()
+        }
         nodes = (
             f"\nTwo Ray nodes: the head (pid {state['pid']}) and a worker (process group "
-            f"{state['worker']['pid']}, node {state['worker']['node_id'][:12]}) running "
-            + ", ".join(f"{d} x{len(n)}" for d, n in placed.items() if d in worker_node.STAGES)
+            f"{state['worker']['pid']}, node {worker[:12]}). Replicas: "
+            + "; ".join(f"{d} {w}" for d, w in where.items())
             + "."
         )
     print(f"""
