@@ -13,6 +13,8 @@ THROUGHPUT_OPTIMIZED ?=
 PROMETHEUS ?= auto
 # make run STORE=redis: the online store is a redis-server started under .run/ (see README, Redis online store)
 STORE ?= sqlite
+# make run NODES=2: a worker node beside the head runs Retriever and Ranker (see README, Two nodes on one machine)
+NODES ?= 1
 # Ray's token auth, always on: serve_app/local_cluster.py gives each head it starts its own token.
 export RAY_AUTH_MODE = token
 export RAY_USAGE_STATS_ENABLED ?= 0
@@ -36,7 +38,7 @@ build: install
 run: install
 	@test -e $(ARTIFACTS)/current || $(MAKE) --no-print-directory build
 	$(BIN)/python -m serve_app.make_run start --config $(SERVE_CONFIG) --prometheus $(PROMETHEUS) \
-		--store $(STORE) \
+		--store $(STORE) --nodes $(NODES) \
 		$(if $(filter 1,$(THROUGHPUT_OPTIMIZED)),--throughput-optimized)
 
 stop:

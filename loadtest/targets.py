@@ -87,25 +87,33 @@ def recsys_home(bundle: Path, repo: Path, work: Path) -> Path:
 
 @contextlib.contextmanager
 def served_target(
-    bundle: Path, repo: Path, work: Path, config: Path = SERVE_CONFIG, throughput_optimized: bool = False
+    bundle: Path,
+    repo: Path,
+    work: Path,
+    config: Path = SERVE_CONFIG,
+    throughput_optimized: bool = False,
+    nodes: int = 1,
 ) -> Iterator[tuple[int, Callable, dict[str, Any]]]:
     """A Ray head of our own with the app deployed from `config`; yields (port, processes, info).
 
     With `throughput_optimized` the port is the ingress replica's own (direct ingress), found where
-    Serve publishes it for clients (`target_groups`), instead of the proxy's.
+    Serve publishes it for clients (`target_groups`), instead of the proxy's. With `nodes=2`, a worker
+    node beside the head runs the stages, as `make run NODES=2` starts it (serve_app/worker_node.py).
     """
-    from serve_app import local_cluster
+    from serve_app import local_cluster, worker_node
 
     home = recsys_home(bundle, repo, work)
     state_file = work / "ray" / "cluster.json"
     port = free_port()
     started = time.monotonic()
-    state = local_cluster.start_head(
-        state_file, env={**ENV, "RECSYS_HOME": str(home)}, throughput_optimized=throughput_optimized
-    )
+    env = {**ENV, "RECSYS_HOME": str(home)}
+    if nodes == 2:
+        state = worker_node.start_cluster(state_file, env=env, throughput_optimized=throughput_optimized)
+    else:
+        state = local_cluster.start_head(state_file, env=env, throughput_optimized=throughput_optimized)
     failed = True
     try:
-        local_cluster.deploy(state, config, http_port=port)
+        (worker_node.deploy if nodes == 2 else local_cluster.deploy)(state, config, http_port=port)
         local_cluster.wait_healthy(f"http://127.0.0.1:{port}", state, timeout_s=300)
         proxy_port = port
         if throughput_optimized:
@@ -123,6 +131,7 @@ def served_target(
             "throughput_optimized": throughput_optimized,
             "port": port,
             "proxy_port": proxy_port,
+            "nodes": nodes,
         }
         yield port, tree(state["pid"]), info
         failed = False
@@ -131,8 +140,10 @@ def served_target(
         # Ray's session dir is unique to our state file, so it is ours to remove; keep its logs only
         # when something failed.
         if stopped_cleanly and not failed:
-            shutil.rmtree(state["temp_dir"], ignore_errors=True)
-            Path(state["temp_dir"] + "-serve_config.yaml").unlink(missing_ok=True)
+            for suffix in ("", "-w"):  # the head's, and a worker node's
+                shutil.rmtree(state["temp_dir"] + suffix, ignore_errors=True)
+            for suffix in ("-serve_config.yaml", "-two_nodes.yaml"):
+                Path(state["temp_dir"] + suffix).unlink(missing_ok=True)
 
 
 def _direct_ingress_port(state: dict, proxy_port: int, timeout_s: float = 60) -> int:

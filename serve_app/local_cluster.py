@@ -83,12 +83,14 @@ def start_head(
     num_cpus: int = 2,
     env: dict[str, str] | None = None,
     throughput_optimized: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> dict:
     """Start a Ray head bound to 127.0.0.1 and wait until its dashboard (serve deploy's API) answers.
 
     `env` reaches every replica (e.g. RECSYS_HOME, which relative paths in the app args resolve against).
     `throughput_optimized` sets RAY_SERVE_THROUGHPUT_OPTIMIZED=1: the ingress replica also serves HTTP
     on a port of its own (direct ingress, bound to the config's host), and stages talk over gRPC.
+    `labels`: the node's Ray labels (`recsys-node=head` with a worker node, serve_app/worker_node.py).
     """
     if throughput_optimized:
         env = {**(env or {}), "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
@@ -115,6 +117,7 @@ def start_head(
             f"--metrics-export-port={metrics}",  # known in advance: `make run` prints it
             "--disable-usage-stats",
             f"--temp-dir={temp_dir}",
+            *(["--labels=" + ",".join(f"{k}={v}" for k, v in labels.items())] if labels else []),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -218,8 +221,10 @@ def http_ports(state: dict, app: str = "recsys") -> list[int]:
 
 
 def stop(state_file: Path = STATE) -> bool:
-    """Terminate the process tree of the head this checkout started, and its redis-server if it has
-    one; True if there was either."""
+    """Terminate the process tree of the head this checkout started, its worker node's process group
+    (serve_app/worker_node.py) and its redis-server if it has them; True if there was any."""
+    from serve_app import worker_node
+
     if not state_file.exists():
         return False
     state = json.loads(state_file.read_text())
@@ -228,6 +233,7 @@ def stop(state_file: Path = STATE) -> bool:
         tree = [*root.children(recursive=True), root]
     except psutil.NoSuchProcess:
         tree = []
+    tree += [p for p in worker_node.processes(state) if p not in tree]
     for p in tree:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGTERM)

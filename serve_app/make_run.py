@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from serve_app import worker_node
 from serve_app.config import resolve_path
 from serve_app.local_cluster import (
     ROOT,
@@ -46,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         default="sqlite",
         help="the online store: the repo's SQLite file, or a redis-server started and loaded here",
     )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="2: a worker node beside the head runs the Retriever and Ranker (serve_app/worker_node.py)",
+    )
     args = parser.parse_args(argv)
     if args.action == "stop":
         print(
@@ -61,13 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     config = Path(args.config)
     data = yaml.safe_load(config.read_text())
     port = data.get("http_options", {}).get("port", 8000)
-    state = start_head(throughput_optimized=args.throughput_optimized)
+    if args.nodes == 2:
+        state = worker_node.start_cluster(throughput_optimized=args.throughput_optimized)
+    else:
+        state = start_head(throughput_optimized=args.throughput_optimized)
     redis = None
     try:
         if args.store == "redis":
             repo = resolve_path(data["applications"][0].get("args", {}).get("feature_repo", "feature_repo"))
             redis = start_redis(state, repo)
-        deploy(state, config, redis_address=redis.address if redis else None)
+        (worker_node.deploy if args.nodes == 2 else deploy)(
+            state, config, redis_address=redis.address if redis else None
+        )
         wait_healthy(f"http://127.0.0.1:{port}", state)
         base = f"http://127.0.0.1:{port}"
         if args.throughput_optimized:  # prefer the ingress's own port: it skips the proxy hop
@@ -78,9 +91,22 @@ def main(argv: list[str] | None = None) -> int:
         stop()
         raise
     store = f"Redis on {redis.address}" if redis else "SQLite"
+    nodes = ""
+    if args.nodes == 2:
+        worker = state["worker"]["node_id"]
+        where = {  # replicas per node, from Serve's state: what the label selectors did
+            d: f"{n.count(worker)} on the worker, {len(n) - n.count(worker)} on the head"
+            for d, n in worker_node.replica_nodes(state).items()
+        }
+        nodes = (
+            f"\nTwo Ray nodes: the head (pid {state['pid']}) and a worker (process group "
+            f"{state['worker']['pid']}, node {worker[:12]}). Replicas: "
+            + "; ".join(f"{d} {w}" for d, w in where.items())
+            + "."
+        )
     print(f"""
 The recommender is up on {base} (proxy: http://127.0.0.1:{port}; Ray dashboard: {state["dashboard"]};
-online store: {store}).
+online store: {store}).{nodes}
 Try:
   curl -s -X POST {base}/recommend -H 'Content-Type: application/json' \\
        -d '{{"user_id": 1, "k": 5}}'

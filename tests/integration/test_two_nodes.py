@@ -1,0 +1,76 @@
+"""Two Ray nodes on this machine, started by the code `make run NODES=2` runs: the stage replicas run on
+the worker node, and losing that node under open-loop load fails no request.
+
+The worker node (every process of it) is SIGKILLed under load and started again a few seconds later.
+While it is gone the Ingress, on the head, answers by its deadline with the popularity list or the
+retrieval order (`degraded`); once the GCS has declared the lost node dead, Serve replaces the stage
+replicas, on the new worker node (the label selectors leave it no other choice), and answers are
+ranked again. The full measurement, with its figures in README, is `python -m loadtest.two_nodes`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import psutil
+import pytest
+
+from loadtest import two_nodes
+from serve_app import worker_node
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+DEADLINE_S = 1.0  # request_timeout_s in cluster/serve_config.yaml
+# Above test_chaos's 0.1 s: two nodes' worth of Ray processes share the 2 cores here, and a request
+# whose stage is gone waits out the whole deadline before the ingress settles its fallback answer.
+SLACK_S = 0.2
+
+
+def test_the_worker_node_lost_under_load_fails_no_request_and_its_replicas_come_back(built, tmp_path):
+    opts = argparse.Namespace(
+        bundle=built.bundle,
+        repo=built.repo,
+        config=two_nodes.ROOT / "cluster" / "serve_config.yaml",
+        rate=15.0,
+        window=32.0,
+        kill_at=3.0,
+        restart_after=4.0,
+        out=tmp_path,
+    )
+    report = two_nodes.run(opts)
+    head, lost, new = report["head_node"], report["lost_node"], report["new_node"]
+    assert len({head, lost, new}) == 3, report
+
+    # Placement, from Serve's state: the stages on the worker node, the Ingress on the head.
+    assert report["before"] == {"Ingress": [head], "Retriever": [lost], "Ranker": [lost]}, report
+    assert report["after"]["Ingress"] == [head], report
+    for stage in worker_node.STAGES:
+        assert report["after"][stage] and set(report["after"][stage]) == {new}, report
+    assert report["lost_node_state"] == "DEAD", report
+    # The worker joined with the head's token: none of its sockets answers a caller without it.
+    kinds = {kind for _, _, kind in report["worker_sockets"]}
+    assert "open" not in kinds and "refused" in kinds, report["worker_sockets"]
+    assert "raylet" in {name for name, _, kind in report["worker_sockets"] if kind == "refused"}
+
+    o = report["outcome"]
+    print(two_nodes.markdown(report))
+    assert o["requests"] >= 0.8 * opts.rate * opts.window, o
+    assert o["failed"] == 0, o
+    assert o["max_ms"] <= (DEADLINE_S + SLACK_S) * 1000, o
+    assert o["degraded"] > 0, o  # the kill reached the stages: without them nothing is ranked
+    # Recovered within the window: the last degraded answer came well before it closed, and a
+    # known user is ranked again at once after it.
+    assert o["recovered_s"] is not None and o["recovered_s"] < opts.window - opts.kill_at - 3, o
+    assert report["ready_again_after_window_s"] < 5, report
+
+    # Stopped as `make stop` stops it: no process of the head, the lost worker or the new one is left.
+    assert not running(report["head_pid"])
+    for pgid in report["worker_pgids"]:
+        assert [p for p in worker_node.processes({"worker": {"pid": pgid}}) if running(p.pid)] == [], pgid
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie: `ray start` was our child, and only its exit status is left to reap."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
