@@ -51,9 +51,11 @@ class BrownoutPolicy:
 def in_retrieval_order(reason: str) -> Callable[[Awaitable[Retrieved]], asyncio.Future]:
     """A rank stage that does no ranking: the retrieval's candidates as they came, flagged."""
 
-    def rank(retrieved: Awaitable[Retrieved]) -> asyncio.Future:
+    def rank(retrieved: asyncio.Future) -> asyncio.Future:
         async def run() -> Scored:
-            got: Retrieved = await retrieved
+            # Shielded: when the deadline cancels this stand-in, the retrieval must live on for the
+            # flow's own fallback, which awaits it next (a cancelled one would raise CancelledError).
+            got: Retrieved = await asyncio.shield(retrieved)
             return fallback.after_ranker_failure(got.candidates, reason, fallback.BROWNOUT)
 
         return asyncio.ensure_future(run())
@@ -88,7 +90,16 @@ class BrownoutFlow:
         self.shed[level] += 1
         reason = policy.reason(level, in_flight)
         if level == "retrieval":
-            unranked = Stages(self.stages.retrieve, in_retrieval_order(reason))
+            unranked = Stages(self._retrieval_task, in_retrieval_order(reason))
             return await RecommendFlow(unranked, self.state, self.is_overload).run(user_id, k, exclude)
         empty = Scored.empty(served.bundle.version, fallback=fallback.BROWNOUT, degraded=True, reason=reason)
         return fallback.settle(empty, served, user_id, k, exclude)
+
+    def _retrieval_task(self, *args: object) -> asyncio.Future:
+        """The retrieval as one task that both the stand-in ranker and the flow's fallback await (a
+        Serve response or a local task, awaited once underneath)."""
+        return asyncio.ensure_future(_awaited(self.stages.retrieve(*args)))
+
+
+async def _awaited(awaitable: Awaitable[Retrieved]) -> Retrieved:
+    return await awaitable

@@ -80,3 +80,20 @@ def test_past_the_popular_threshold_the_popularity_list_answers(tiny_bundle):
 def test_thresholds_are_validated():
     with pytest.raises(ValidationError):
         SERVING_DEFAULTS.with_overrides({"brownout_rank_above": 0})
+
+
+class Stalled:
+    """A reader whose store never answers within the request (a dead Retriever, seen from the flow)."""
+
+    async def atimed(self, user_id: int) -> tuple[UserFeatureResult, float]:
+        await asyncio.sleep(10)
+        raise AssertionError("unreachable")
+
+
+def test_a_retrieval_that_misses_the_deadline_under_brownout_answers_by_popularity(tiny_bundle):
+    base = served(tiny_bundle)
+    settings = SERVING_DEFAULTS.with_overrides({"request_timeout_s": 0.3, "brownout_rank_above": 1})
+    state = Held(Served(base.bundle, base.filters, settings))
+    f = BrownoutFlow(local_stages(state, Stalled()), state, lambda: 5)
+    result = asyncio.run(f.run(1, 5, ()))  # the deadline cancels the stand-in ranker, not the fallback
+    assert result.fallback == "retriever_unavailable" and result.degraded and len(result.item_ids) == 5

@@ -23,6 +23,7 @@ def test_stages_go_to_the_worker_and_the_ingress_to_the_head(tmp_path: Path) -> 
         "Ingress": {"recsys-node": "head"},
         "Retriever": {"recsys-node": "stages"},
         "Ranker": {"recsys-node": "stages"},
+        "EventWriter": {"recsys-node": "head"},  # off the request path: with the ingress
     }
     # Only the selector is added: the CPUs and everything else stay as shipped.
     original = yaml.safe_load((ROOT / "cluster" / "serve_config.yaml").read_text())
