@@ -277,13 +277,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "reports" / "chaos")
     opts = parser.parse_args(argv)
     report = run(opts)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for folder in (opts.out / stamp, opts.out / "latest"):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "chaos.json").write_text(json.dumps(report, indent=2))
-        (folder / "chaos.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(opts.out, "chaos", report, markdown(report))
     return 0
+
+
+def write_report(out: Path, stem: str, report: dict[str, Any], text: str) -> None:
+    """<out>/<timestamp>/<stem>.{json,md}, copied to <out>/latest/, and the markdown printed."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for folder in (out / stamp, out / "latest"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}.json").write_text(json.dumps(report, indent=2))
+        (folder / f"{stem}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -24,16 +24,11 @@ from loadtest.client import Tally
 from loadtest.mix import Request
 from loadtest.stats import merge, tree
 from serve_app.config import ServingSettings
+from serve_app.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = ROOT / "cluster" / "serve_config.yaml"
 ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "FEAST_DISABLE_USAGE": "1"}
-
-
-def free_port() -> int:
-    from serve_app.local_cluster import _free_port
-
-    return _free_port()
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) -> None:

@@ -157,12 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "loadtest" / "reports" / "two_nodes")
     opts = parser.parse_args(argv)
     report = run(opts)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for folder in (opts.out / stamp, opts.out / "latest"):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "two_nodes.json").write_text(json.dumps(report, indent=2))
-        (folder / "two_nodes.md").write_text(markdown(report))
-    print(markdown(report))
+    chaos.write_report(opts.out, "two_nodes", report, markdown(report))
     return 0
 
 

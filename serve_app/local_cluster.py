@@ -21,7 +21,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,16 +32,11 @@ import psutil
 import yaml
 
 from serve_app import redis_server, redis_store
+from serve_app.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = ROOT / ".run" / "cluster.json"
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(extra: dict[str, str] | None = None, token_path: str | None = None) -> dict[str, str]:
@@ -94,7 +88,7 @@ def start_head(
     """
     if throughput_optimized:
         env = {**(env or {}), "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-    gcs, dashboard, metrics = _free_port(), _free_port(), _free_port()
+    gcs, dashboard, metrics = free_port(), free_port(), free_port()
     # Short and unique per checkout: Ray's socket paths must stay under 107 characters.
     temp_dir = (
         Path(tempfile.gettempdir()) / f"recsys-ray-{hashlib.sha1(str(state_file).encode()).hexdigest()[:8]}"

@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import yaml
 
+from serve_app.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "cluster" / "prometheus"
 TEMPLATE = CONFIG_DIR / "prometheus.yml"
@@ -89,7 +91,7 @@ def start_for_session(
     """Render the config for a Ray session and start Prometheus on 127.0.0.1:9090, or on a free port
     when 9090 is taken (by another Prometheus, say). Returns the process and its URL."""
     config = render_config(session_dir, run_dir, scrape_interval_s)
-    port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_port()
+    port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else free_port()
     return start(config, run_dir / "data", port, run_dir / "prometheus.log"), f"http://127.0.0.1:{port}"
 
 
@@ -100,12 +102,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def query(url: str, promql: str, timeout_s: float = 10) -> list[dict[str, Any]]:

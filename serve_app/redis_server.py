@@ -21,6 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from serve_app.ports import free_port
+
 HOST = "127.0.0.1"
 
 
@@ -42,12 +44,6 @@ class RedisServer:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def ping(port: int, timeout_s: float = 0.5) -> bool:
@@ -73,7 +69,7 @@ def start(directory: Path, port: int | None = None, timeout_s: float = 10.0) -> 
     directory.mkdir(parents=True, exist_ok=True)
     attempts = 1 if port is not None else 3
     for _ in range(attempts):
-        chosen = port or _free_port()
+        chosen = port or free_port(HOST)
         args = [
             exe,
             "--bind", HOST,

@@ -31,7 +31,8 @@ import psutil
 import yaml
 
 from serve_app import local_cluster
-from serve_app.local_cluster import BIN, ROOT, STATE, _env, _free_port, auth_headers, start_head, stop
+from serve_app.local_cluster import BIN, ROOT, STATE, _env, auth_headers, start_head, stop
+from serve_app.ports import free_port
 
 LABEL = "recsys-node"
 HEAD_LABELS = {LABEL: "head"}
@@ -73,8 +74,8 @@ def start_worker(
                 f"--num-cpus={num_cpus}",
                 label_arg(WORKER_LABELS),
                 # The default agent port (52365) is the head's, on the same machine.
-                f"--dashboard-agent-listen-port={_free_port()}",
-                f"--metrics-export-port={_free_port()}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--metrics-export-port={free_port()}",
                 "--disable-usage-stats",
                 f"--temp-dir={state['temp_dir']}-w",  # its own logs and sockets, next to the head's
             ],

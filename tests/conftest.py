@@ -4,6 +4,7 @@ redis-servers for the Redis online store."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 
 from serve_app import redis_server
 from serve_app.local_cluster import new_token_file
+from serve_app.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
@@ -29,6 +31,23 @@ atexit.register(shutil.rmtree, _TOKEN_DIR, True)
 os.environ["RAY_AUTH_TOKEN_PATH"] = str(new_token_file(Path(_TOKEN_DIR) / "auth_token"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("FEAST_DISABLE_USAGE", "1")
+
+
+@contextlib.contextmanager
+def local_serve(namespace: str) -> Iterator[int]:
+    """A local Ray cluster of this test process (2 CPUs, no dashboard) with Serve's HTTP on a free
+    loopback port; yields the port, and shuts Serve and Ray down after."""
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, address="local", namespace=namespace)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield port
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def new_version_of(bundle_dir: Path, dest: Path, version: str) -> Path:

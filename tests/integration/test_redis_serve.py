@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 from pathlib import Path
 
 import httpx
@@ -16,16 +15,11 @@ import pytest
 from serve_app import local_cluster, redis_server
 from serve_app.bundle import load_bundle
 from serve_app.config import SERVING_DEFAULTS
+from serve_app.ports import free_port
 from serve_app.request_flow import in_process_flow
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_app_on_redis_answers_like_sqlite_and_stop_ends_redis_too(built, tmp_path):
@@ -35,7 +29,7 @@ def test_the_app_on_redis_answers_like_sqlite_and_stop_ends_redis_too(built, tmp
     (home / "artifacts").mkdir(parents=True)
     os.symlink(built.bundle, home / "artifacts" / "current")
     os.symlink(built.repo, home / "feature_repo")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     state_file = tmp_path / "cluster.json"
     # The replicas get the Redis address from the app's runtime_env only: not from this process.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import sqlite3
 import threading
 import time
@@ -17,41 +16,27 @@ from serve_app.bundle import load_bundle
 from serve_app.config import SERVING_DEFAULTS
 from serve_app.errors import BundleError
 from serve_app.request_flow import in_process_flow
-from tests.conftest import new_version_of, wait_for_version
+from tests.conftest import local_serve, new_version_of, wait_for_version
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(built):
-    import ray
     from ray import serve
 
     from serve_app.app import AppArgs, build_app
 
-    port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, address="local", namespace="recsys-test")
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(
         bundle=str(built.bundle),
         feature_repo=str(built.repo),
         user_features_cache_ttl_s=0,
         request_timeout_s=5.0,
     )
-    serve.run(build_app(args), name="recsys", route_prefix="/")
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        yield client, args
-    finally:
-        client.close()
-        serve.shutdown()
-        ray.shutdown()
+    with local_serve("recsys-test") as port:
+        serve.run(build_app(args), name="recsys", route_prefix="/")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client, args
 
 
 def known_users(built, n: int) -> list[int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import sqlite3
 import uuid
 from datetime import UTC, datetime
@@ -15,42 +14,29 @@ import pytest
 
 from serve_app.bundle import load_bundle
 from serve_app.event_log import event_log_path
+from tests.conftest import local_serve
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def served_events(built, tmp_path_factory):
     """The app over a copy of the session's Feast repo, so the events pushed here reach no other test."""
-    import ray
     from ray import serve
 
     from serve_app.app import AppArgs, build_app
 
     repo = tmp_path_factory.mktemp("events") / "feature_repo"
     shutil.copytree(built.repo, repo)
-    port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, address="local", namespace="recsys-events-test")
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(bundle=str(built.bundle), feature_repo=str(repo), request_timeout_s=5.0)
     graph = args.model_copy(update={"user_features_cache_ttl_s": 0})
-    serve.run(build_app(graph), name="recsys", route_prefix="/")
     # Colocated with the default 30 s cache: the ingress must drop its own cached row on an event.
     colocated = args.model_copy(update={"topology": "colocated"})
-    serve.run(build_app(colocated), name="colocated", route_prefix="/colocated")
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        yield client, repo
-    finally:
-        client.close()
-        serve.shutdown()
-        ray.shutdown()
+    with local_serve("recsys-events-test") as port:
+        serve.run(build_app(graph), name="recsys", route_prefix="/")
+        serve.run(build_app(colocated), name="colocated", route_prefix="/colocated")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client, repo
 
 
 def _view(user_id: int, item_id: int) -> dict:
