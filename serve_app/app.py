@@ -26,6 +26,7 @@ from serve_app.recall_monitor import RecallMonitor
 from serve_app.request_flow import Stages, local_stages, to_response
 from serve_app.request_log import RequestLog
 from serve_app.schemas import (
+    CanaryInfo,
     ErrorResponse,
     HealthResponse,
     RecommendRequest,
@@ -34,7 +35,7 @@ from serve_app.schemas import (
 )
 from serve_app.serving_state import Served, ServingState
 from serve_app.stages.retrieve import query_vector
-from serve_app.stages.user_features import UserFeatureResult
+from serve_app.stages.user_features import RecentlyPushed, UserFeatureResult
 
 __all__ = ["AppArgs", "Ingress", "build_app"]
 
@@ -96,6 +97,7 @@ class Ingress:
         api.state.on_error = self.refused  # every error answer, 4xx and 503, is counted
         self.reader = None
         self.event_writer = event_writer
+        self.recently_pushed = RecentlyPushed(base.user_features_cache_ttl_s)
         self.stage_handles: dict[str, DeploymentHandle] = {}
         if topology == "graph":
             if retriever is None or ranker is None:
@@ -118,6 +120,7 @@ class Ingress:
         settings = self.state.reconfigure(config)
         if self.reader is not None:
             self.reader.configure(settings)
+        self.recently_pushed.ttl_s = settings.user_features_cache_ttl_s
         bundle = self.state.current.bundle
         if (bundle.version, settings.admission, settings.admission_tolerance) != self.admission_of:
             self.admission = admission_for(settings)  # a new bundle has its own unloaded latency
@@ -155,10 +158,12 @@ class Ingress:
     async def recommend(self, body: RecommendRequest, request: Request) -> RecommendResponse:
         start = time.perf_counter()
         with self.admission.admit(time.perf_counter) as ticket:  # past the limit: 503 at once
-            result = await self.flow.run(body.user_id, body.k, tuple(body.exclude_item_ids))
+            refresh = body.user_id in self.recently_pushed
+            result = await self.flow.run(body.user_id, body.k, tuple(body.exclude_item_ids), refresh)
             ticket.sample = not result.degraded  # a dead replica's deadline is not queueing
         elapsed_ms = (time.perf_counter() - start) * 1000
-        self.metrics.answered(result, elapsed_ms, result.item_ids[: body.k])
+        arm = self.state.arm_of(result.bundle_version)
+        self.metrics.answered(result, elapsed_ms, result.item_ids[: body.k], arm)
         self.request_log.answered(request.state.request_id, body.user_id, body.k, result, elapsed_ms)
         return to_response(result, body, request.state.request_id, elapsed_ms)
 
@@ -189,7 +194,9 @@ class Ingress:
             error.code, error.http_status = done["error"], done["status"]
             error.retry_after_s = RETRY_AFTER_S if done["status"] == 503 else None
             raise error
-        if self.reader is not None:  # colocated: this replica's own cache must not hide the push
+        # Their next reads go to the store, past the cache of whichever replica reads them.
+        self.recently_pushed.add(done["users"])
+        if self.reader is not None:  # colocated: this replica's own cached rows are stale now
             self.reader.forget(done["users"])
         return EventsResponse(accepted=done["accepted"], duplicates=done["duplicates"])
 
@@ -207,18 +214,21 @@ class Ingress:
 
     @api.get("/version", response_model=VersionResponse)
     async def version(self) -> VersionResponse:
-        bundle = self.state.current.bundle
+        bundle, canary = self.state.current.bundle, self.state.canary
         stages: dict[str, str] = {}
+        canary_stages: dict[str, str] = {}
         refused = {"ingress": self.state.refused["error"]} if self.state.refused else {}
         if not self.stage_handles:
             stages["colocated"] = bundle.version
+            canary_stages["colocated"] = canary.bundle.version if canary else "none"
         for name, handle in self.stage_handles.items():
             try:
                 info = await asyncio.wait_for(handle.version.remote(), 2.0)
             except Exception as exc:
-                stages[name] = f"unavailable ({type(exc).__name__})"
+                stages[name] = canary_stages[name] = f"unavailable ({type(exc).__name__})"
                 continue
             stages[name] = info["version"]
+            canary_stages[name] = info.get("canary") or "none"
             if info["refused"]:
                 refused[name] = info["refused"]["error"]
         if self.event_writer is not None:
@@ -232,6 +242,14 @@ class Ingress:
             bundle_path=str(bundle.path),
             stages=stages,
             refused=refused or None,
+            canary=CanaryInfo(
+                bundle_version=canary.bundle.version,
+                bundle_path=str(canary.bundle.path),
+                share=canary.settings.canary_share,
+                stages=canary_stages,
+            )
+            if canary is not None
+            else None,
         )
 
 

@@ -80,18 +80,19 @@ class BrownoutFlow:
         self.is_overload = is_overload
         self.shed = {"retrieval": 0, "popular": 0}  # requests answered cheaper, by level
 
-    async def run(self, user_id: int, k: int, exclude: tuple[int, ...]) -> Scored:
-        served = self.state.current
+    async def run(self, user_id: int, k: int, exclude: tuple[int, ...], refresh: bool = False) -> Scored:
+        served = self.state.for_user(user_id)
         policy = BrownoutPolicy.of(served.settings)
         in_flight = self.in_flight()
         level = policy.level(in_flight)
         if level == "full":
-            return await self.full.run(user_id, k, exclude)
+            return await self.full.run(user_id, k, exclude, refresh)
         self.shed[level] += 1
         reason = policy.reason(level, in_flight)
         if level == "retrieval":
             unranked = Stages(self._retrieval_task, in_retrieval_order(reason))
-            return await RecommendFlow(unranked, self.state, self.is_overload).run(user_id, k, exclude)
+            flow = RecommendFlow(unranked, self.state, self.is_overload)
+            return await flow.run(user_id, k, exclude, refresh)
         empty = Scored.empty(served.bundle.version, fallback=fallback.BROWNOUT, degraded=True, reason=reason)
         return fallback.settle(empty, served, user_id, k, exclude)
 

@@ -1,5 +1,5 @@
 """`recsys`: the offline path from the command line (data, build, tune, evaluate, verify), and
-`recsys events FILE` to send events to a running service."""
+`recsys events FILE` to send events to a running service, `recsys rollout` to roll a new bundle out to it."""
 
 from __future__ import annotations
 
@@ -196,6 +196,10 @@ def parser() -> argparse.ArgumentParser:
     events.add_argument("--url", default=os.environ.get("RECSYS_URL", "http://127.0.0.1:8000"))
     events.add_argument("--batch", type=int, default=1_000, help="events per request (1-1000)")
     events.set_defaults(func=cmd_events)
+
+    from serve_app import rollout_cli
+
+    rollout_cli.add_parser(sub)
 
     for name, func, text in (
         ("evaluate", cmd_evaluate, "print a bundle's evaluation table"),

@@ -34,10 +34,18 @@ class ServingSettings(Strict):
     """
 
     bundle: str = Field("artifacts/current", description="bundle directory; `current` is resolved at deploy")
+    # A canary (serve_app/canary.py, `recsys rollout`): this share of users, by a stable hash of their
+    # id, is served by another bundle, held beside the main one in every replica.
+    canary_bundle: str | None = Field(None, description="bundle directory the canary arm serves")
+    canary_share: float = Field(0.0, ge=0, le=1, description="share of users the canary bundle serves")
     n_candidates: int = Field(200, ge=1, le=5_000, description="retrieval depth handed to the ranker")
     request_timeout_s: float = Field(1.0, gt=0, le=60, description="deadline for the whole stage chain")
     user_features_timeout_ms: float = Field(50, gt=0, le=10_000, description="online-store read deadline")
-    user_features_cache_ttl_s: float = Field(30, ge=0, description="how long a read is served from cache")
+    user_features_cache_ttl_s: float = Field(
+        30,
+        ge=0,
+        description="how long a read is cached (a user whose events an ingress pushed reads past it)",
+    )
     user_features_stale_s: float = Field(
         3_600, ge=0, description="how old a cached read may be to stand in for a failed store"
     )
@@ -73,6 +81,9 @@ class ServingSettings(Strict):
 
     def bundle_path(self) -> Path:
         return resolve_path(self.bundle)
+
+    def canary_path(self) -> Path | None:
+        return resolve_path(self.canary_bundle) if self.canary_bundle else None
 
 
 SERVING_DEFAULTS = ServingSettings()

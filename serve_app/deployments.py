@@ -21,7 +21,7 @@ from serve_app.event_log import EventLog, event_log_path
 from serve_app.events import Event
 from serve_app.metrics import BatchSizes, BundleInfo, FeatureMetrics, RecallGauge
 from serve_app.recall_monitor import RecallMonitor
-from serve_app.serving_state import ServingState
+from serve_app.serving_state import Served, ServingState, per_arm
 from serve_app.stages.rank import rank_candidates
 from serve_app.stages.retrieve import Retrieved, query_vector, retrieve_read
 from serve_app.stages.scored import Scored
@@ -43,6 +43,16 @@ def open_reader(
     except Exception as exc:  # a store down at start-up degrades requests; it must not block start-up
         log.warning("online store not reachable at start-up: %s", exc)
     return UserFeatureReader(fetch, settings, observe=observe)
+
+
+def version_info(state: ServingState) -> dict[str, Any]:
+    """What a replica serves, for GET /version: its main bundle's version, its canary's, its refusal."""
+    canary = state.canary
+    return {
+        "version": state.current.bundle.version,
+        "canary": canary.bundle.version if canary is not None else None,
+        "refused": state.refused,
+    }
 
 
 class _BundleStage:
@@ -67,7 +77,7 @@ class _BundleStage:
         self.state.current  # noqa: B018 -- raises until reconfigure has loaded a bundle
 
     def version(self) -> dict[str, Any]:
-        return {"version": self.state.current.bundle.version, "refused": self.state.refused}
+        return version_info(self.state)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
@@ -103,16 +113,24 @@ class Retriever(_BundleStage):
         max_concurrent_batches=2,
     )
     async def retrieve(
-        self, user_id: list[int], n: list[int], exclude: list[tuple[int, ...]]
+        self, user_id: list[int], n: list[int], exclude: list[tuple[int, ...]], refresh: list[bool]
     ) -> list[Retrieved]:
         self.batch_sizes.observe(user_id)
-        reads = await self.reader.aget_many(user_id)
-        served = self.state.current
-        out = retrieve_read(served, reads, n, exclude)
-        bundle = served.bundle
-        features = [r.features for r in out]
-        self.recall.offer(bundle.version, bundle.index, features, lambda f: query_vector(f, bundle)[0])
-        return out
+        reads = await self.reader.aget_many(user_id, refresh)
+        main = self.state.current
+
+        def retrieve(served: Served, idx: list[int]) -> list[Retrieved]:
+            out = retrieve_read(
+                served, [reads[i] for i in idx], [n[i] for i in idx], [exclude[i] for i in idx]
+            )
+            if served is main:  # the recall gauge watches the main bundle's index
+                bundle, features = served.bundle, [r.features for r in out]
+                self.recall.offer(
+                    bundle.version, bundle.index, features, lambda f: query_vector(f, bundle)[0]
+                )
+            return out
+
+        return per_arm([self.state.for_user(u) for u in user_id], retrieve)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
@@ -128,7 +146,13 @@ class Ranker(_BundleStage):
     )
     async def rank(self, retrieved: list[Retrieved]) -> list[Scored]:
         self.batch_sizes.observe(retrieved)
-        return rank_candidates(self.state.current.bundle, retrieved)
+        # Candidates are ranked by the bundle that retrieved them (a canary's by the canary's model).
+        served_of = [
+            self.state.for_version(r.candidates.bundle_version) or self.state.current for r in retrieved
+        ]
+        return per_arm(
+            served_of, lambda served, idx: rank_candidates(served.bundle, [retrieved[i] for i in idx])
+        )
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, num_replicas=1, max_ongoing_requests=4)
@@ -140,7 +164,8 @@ class EventWriter:
     (or a second writer) from applying an event twice all the same."""
 
     def __init__(self, settings: dict[str, Any], feature_repo: str, feature_store_yaml: str | None) -> None:
-        self.state = ServingState(ServingSettings.model_validate(settings), ("index", "log"))
+        # Events fold in against the main bundle only: a canary's users get their vectors from it.
+        self.state = ServingState(ServingSettings.model_validate(settings), ("index", "log"), canary=False)
         self.bundle_info = BundleInfo()
         self.ingest = EventIngest(
             EventLog(event_log_path(feature_repo)), feast_push(feature_repo, feature_store_yaml)

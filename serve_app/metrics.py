@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from serve_app.canary import MAIN
 from serve_app.exposure import ExposureWindow, top_popular_mask
 from serve_app.stages.scored import Scored
 
@@ -50,9 +51,11 @@ def outcome_of(result: Scored) -> tuple[str, str]:
 class RequestMetrics:
     """Does nothing: the interface, and what runs outside Serve."""
 
-    def answered(self, result: Scored, elapsed_ms: float, shown: np.ndarray | None = None) -> None:
-        """A request answered 200: its outcome, the time of each stage and of the whole, and the item
-        ids it showed (for the exposure gauges)."""
+    def answered(
+        self, result: Scored, elapsed_ms: float, shown: np.ndarray | None = None, arm: str = MAIN
+    ) -> None:
+        """A request answered 200: its outcome, the time of each stage and of the whole, the item ids
+        it showed (for the exposure gauges) and the arm that served it (serve_app/canary.py)."""
 
     def refused(self, status: int, code: str) -> None:
         """A request answered with an error (`code` as in ErrorResponse)."""
@@ -86,8 +89,15 @@ class ServeRequestMetrics(RequestMetrics):
         self.latency = stage_latency(topology)
         self.requests = Counter(
             "recsys_requests_total",
-            description="Requests by outcome (ok, degraded, fallback, rejected, invalid) and reason",
-            tag_keys=("outcome", "reason"),
+            description="Requests by outcome (ok, degraded, fallback, rejected, invalid), reason and arm "
+            "(main, or canary: the users a canary bundle serves; none for a refused request)",
+            tag_keys=("outcome", "reason", "arm"),
+        )
+        self.arm_latency = Histogram(
+            "recsys_arm_latency_ms",
+            description="Whole-request time in the ingress by arm (main, canary), ms: a canary's cost",
+            boundaries=list(LATENCY_BUCKETS_MS),
+            tag_keys=("arm",),
         )
         self.candidates = Histogram(
             "recsys_candidates",
@@ -102,9 +112,12 @@ class ServeRequestMetrics(RequestMetrics):
         self.bundle_info = BundleInfo()
         self.exposure: ExposureGauges | None = None
 
-    def answered(self, result: Scored, elapsed_ms: float, shown: np.ndarray | None = None) -> None:
+    def answered(
+        self, result: Scored, elapsed_ms: float, shown: np.ndarray | None = None, arm: str = MAIN
+    ) -> None:
         outcome, reason = outcome_of(result)
-        self.requests.inc(tags={"outcome": outcome, "reason": reason})
+        self.requests.inc(tags={"outcome": outcome, "reason": reason, "arm": arm})
+        self.arm_latency.observe(elapsed_ms, tags={"arm": arm})
         for stage, ms in result.timings_ms.items():
             if stage not in RECORDED_WHERE_RUN:
                 self.latency.observe(ms, tags={"stage": stage})
@@ -113,12 +126,12 @@ class ServeRequestMetrics(RequestMetrics):
         for name, removed in result.filtered.items():
             if removed:
                 self.filtered.inc(removed, tags={"filter": name})
-        if shown is not None and self.exposure is not None:
+        if shown is not None and self.exposure is not None and arm == MAIN:  # the main catalogue's
             self.exposure.add(shown)
 
     def refused(self, status: int, code: str) -> None:
         outcome = "rejected" if status >= 500 else "invalid"
-        self.requests.inc(tags={"outcome": outcome, "reason": code})
+        self.requests.inc(tags={"outcome": outcome, "reason": code, "arm": "none"})
 
     def bundle(self, version: str) -> None:
         self.bundle_info.serving(version)

@@ -30,9 +30,9 @@ from serve_app.stages.user_features import UserFeatureReader, UserFeatureResult,
 
 @dataclass(frozen=True)
 class Stages:
-    """`retrieve(user_id, n, exclude)` -> awaitable `Retrieved` (the user's features, read under their
-    own deadline, and the candidates); `rank(retrieved)` -> awaitable `Scored`, taking the retrieval
-    awaitable as it came, unawaited."""
+    """`retrieve(user_id, n, exclude, refresh)` -> awaitable `Retrieved` (the user's features, read
+    under their own deadline, past the cache when `refresh`, and the candidates); `rank(retrieved)`
+    -> awaitable `Scored`, taking the retrieval awaitable as it came, unawaited."""
 
     retrieve: Callable[..., Any]
     rank: Callable[..., Any]
@@ -56,11 +56,12 @@ class RecommendFlow:
         `is_overload` recognises a stage's "queue full" refusal, which is answered 503, not degraded."""
         self.stages, self.state, self.is_overload = stages, state, is_overload
 
-    async def run(self, user_id: int, k: int, exclude: tuple[int, ...]) -> Scored:
-        served = self.state.current
+    async def run(self, user_id: int, k: int, exclude: tuple[int, ...], refresh: bool = False) -> Scored:
+        """`refresh`: the user's features are read past the cache (they just sent events)."""
+        served = self.state.for_user(user_id)
         deadline_s = served.settings.request_timeout_s
         end = asyncio.get_running_loop().time() + deadline_s
-        retrieved = self.stages.retrieve(user_id, served.settings.n_candidates, exclude)
+        retrieved = self.stages.retrieve(user_id, served.settings.n_candidates, exclude, refresh)
         ranked = self.stages.rank(retrieved)
         try:
             # The ranker gets the deadline less a reserve for falling back to the retrieval order,
@@ -105,10 +106,10 @@ def local_stages(
     """The two stages as local tasks over one process's state (no handle hops, no batching).
     `on_retrieved(served, features)` sees every retrieval (the colocated ingress samples recall)."""
 
-    def retrieve(user_id: int, n: int, exclude: tuple[int, ...]) -> asyncio.Future:
+    def retrieve(user_id: int, n: int, exclude: tuple[int, ...], refresh: bool = False) -> asyncio.Future:
         async def run() -> Retrieved:
-            read = await reader.atimed(user_id)  # one user: no gather, no extra task
-            served = state.current
+            read = await reader.atimed(user_id, refresh)  # one user: no gather, no extra task
+            served = state.for_user(user_id)
             [result] = retrieve_read(served, [read], [n], [exclude])
             if on_retrieved is not None:
                 on_retrieved(served, result.features)
@@ -118,7 +119,9 @@ def local_stages(
 
     def rank(retrieved: Awaitable[Retrieved]) -> asyncio.Future:
         async def run() -> Scored:
-            return rank_candidates(state.current.bundle, [await retrieved])[0]
+            got = await retrieved  # ranked by the bundle that retrieved it (one arm of a canary)
+            served = state.for_version(got.candidates.bundle_version) or state.current
+            return rank_candidates(served.bundle, [got])[0]
 
         return asyncio.ensure_future(run())
 

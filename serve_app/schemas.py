@@ -56,11 +56,22 @@ class ErrorResponse(BaseModel):
     details: list[dict] | None = None
 
 
+class CanaryInfo(BaseModel):
+    """A canary in progress (`recsys rollout`): the bundle its share of users get, and what each stage
+    holds as its canary ("none": that replica has not taken the rollout yet)."""
+
+    bundle_version: str
+    bundle_path: str
+    share: float
+    stages: dict[str, str]
+
+
 class VersionResponse(BaseModel):
     bundle_version: str
     bundle_path: str
     stages: dict[str, str]
     refused: dict[str, str] | None = None
+    canary: CanaryInfo | None = None
 
 
 class HealthResponse(BaseModel):

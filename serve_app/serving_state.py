@@ -8,19 +8,22 @@ what it has and reports the refusal (GET /version), so a bad rollout never takes
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
 
 from serve_app.bundle import ALL_PARTS, Bundle, Part, load_bundle
+from serve_app.canary import CANARY, MAIN, Split
 from serve_app.config import ServingSettings
 from serve_app.errors import BundleError, ConfigError
 from serve_app.stages.filters import Filter, FilterContext, business_filters
 
 log = logging.getLogger("ray.serve")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,18 +46,47 @@ class Served:
 
 
 class ServingState:
-    """Holds the current `Served`; `apply` installs new settings (loading the bundle only if it moved)."""
+    """Holds the current `Served`, and a canary's beside it; `apply` installs new settings (loading a
+    bundle only when it is not already held: promoting a canary reuses the one it loaded)."""
 
-    def __init__(self, base: ServingSettings, parts: Collection[Part] = ALL_PARTS) -> None:
-        self.base, self.parts = base, frozenset(parts)
+    def __init__(
+        self, base: ServingSettings, parts: Collection[Part] = ALL_PARTS, canary: bool = True
+    ) -> None:
+        """`canary=False`: ignore canary settings (the EventWriter folds events in with the main model)."""
+        self.base, self.parts, self.takes_canary = base, frozenset(parts), canary
         self._served: Served | None = None
+        self._canary: Served | None = None
+        self._split: Split | None = None
         self.refused: dict[str, str] | None = None
 
     @property
     def current(self) -> Served:
+        """The main arm's bundle and settings (the settings are the whole replica's)."""
         if self._served is None:
             raise RuntimeError("no bundle loaded yet (the deployment's reconfigure has not run)")
         return self._served
+
+    @property
+    def canary(self) -> Served | None:
+        return self._canary
+
+    def for_user(self, user_id: int) -> Served:
+        """The arm serving this user: the canary's for its share of users, else the main one."""
+        canary, split = self._canary, self._split
+        if canary is not None and split is not None and split.arm(user_id) == CANARY:
+            return canary
+        return self.current
+
+    def for_version(self, version: str) -> Served | None:
+        """The held bundle of that version (the ranker follows its candidates' version), or None."""
+        for served in (self._served, self._canary):
+            if served is not None and served.bundle.version == version:
+                return served
+        return None
+
+    def arm_of(self, version: str) -> str:
+        canary = self._canary
+        return CANARY if canary is not None and canary.bundle.version == version else MAIN
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> ServingSettings:
         """Apply the app args with `user_config` laid over them; refuse what fails its checks."""
@@ -65,18 +97,33 @@ class ServingState:
         return self.apply(settings)
 
     def apply(self, settings: ServingSettings) -> ServingSettings:
-        old = self._served
+        held = [s.bundle for s in (self._served, self._canary) if s is not None]
         try:
-            path = settings.bundle_path()
-            if old is not None and old.bundle.path == path:
-                bundle = old.bundle
-            else:
-                bundle = load_bundle(path, self.parts)
+            bundle = self._load(settings.bundle_path(), held)
         except BundleError as exc:
             return self._refuse(settings.bundle, exc)
+        canary_path = settings.canary_path() if self.takes_canary else None
+        try:
+            canary = self._load(canary_path, [*held, bundle]) if canary_path is not None else None
+        except BundleError as exc:  # a bad canary leaves both arms as they were
+            return self._refuse(f"canary {settings.canary_bundle}", exc)
+        if canary is not None and canary.version == bundle.version:
+            canary = None  # the same version on both arms is no canary
         self._served = Served(bundle, business_filters(bundle.items, settings.blocked_item_ids), settings)
+        self._canary = (
+            Served(canary, business_filters(canary.items, settings.blocked_item_ids), settings)
+            if canary is not None
+            else None
+        )
+        self._split = Split(settings.canary_share, canary.version) if canary is not None else None
         self.refused = None
         return settings
+
+    def _load(self, path: Path, held: list[Bundle]) -> Bundle:
+        for bundle in held:
+            if bundle.path == path:
+                return bundle
+        return load_bundle(path, self.parts)
 
     def _refuse(self, what: str, exc: BundleError | ConfigError) -> ServingSettings:
         self.refused = {"path": what, "error": str(exc)}
@@ -84,3 +131,19 @@ class ServingState:
             raise exc  # nothing to fall back to: fail the deploy with the reason
         log.error("refusing %s, still serving %s: %s", what, self._served.bundle.version, exc)
         return self._served.settings
+
+
+def per_arm(served_of: Sequence[Served], fn: Callable[[Served, list[int]], list[T]]) -> list[T]:
+    """`fn(served, indices)` once per bundle among `served_of` (a batch's requests may span both arms
+    of a canary), its answers put back in the batch's order."""
+    groups: dict[int, tuple[Served, list[int]]] = {}
+    for i, served in enumerate(served_of):
+        groups.setdefault(id(served), (served, []))[1].append(i)
+    if len(groups) == 1:
+        [(served, idx)] = groups.values()
+        return fn(served, idx)
+    out: list[Any] = [None] * len(served_of)
+    for served, idx in groups.values():
+        for i, answer in zip(idx, fn(served, idx), strict=True):
+            out[i] = answer
+    return out

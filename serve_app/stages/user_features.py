@@ -136,27 +136,31 @@ class UserFeatureReader:
             return _result(user_id, hit[1], "stale_cache", reason)
         return UserFeatureResult(user_id, {}, None, False, "none", reason)
 
-    async def aget(self, user_id: int) -> UserFeatureResult:
-        return (await self.atimed(user_id))[0]
+    async def aget(self, user_id: int, refresh: bool = False) -> UserFeatureResult:
+        return (await self.atimed(user_id, refresh))[0]
 
-    async def atimed(self, user_id: int) -> tuple[UserFeatureResult, float]:
+    async def atimed(self, user_id: int, refresh: bool = False) -> tuple[UserFeatureResult, float]:
         """The read and the milliseconds it took. Waits at most timeout_s for the store; the call runs
-        on the pool, the loop keeps serving."""
+        on the pool, the loop keeps serving. `refresh`: past the cache to the store (the user's events
+        were just pushed); a cached row still stands in if the store fails."""
         start = time.perf_counter()
-        result = await self._aget(user_id)
+        result = await self._aget(user_id, refresh)
         elapsed_ms = (time.perf_counter() - start) * 1000
         if self.observe is not None:
             self.observe(result, elapsed_ms)
         return result, elapsed_ms
 
-    async def aget_many(self, user_ids: Sequence[int]) -> list[tuple[UserFeatureResult, float]]:
+    async def aget_many(
+        self, user_ids: Sequence[int], refresh: Sequence[bool] | None = None
+    ) -> list[tuple[UserFeatureResult, float]]:
         """`atimed` for each user, all at once: a batch waits for its slowest read, at most timeout_s
         (a read's wait on the pool's queue counts against its deadline), not for the sum of them."""
-        return list(await asyncio.gather(*(self.atimed(u) for u in user_ids)))
+        flags = refresh if refresh is not None else [False] * len(user_ids)
+        return list(await asyncio.gather(*(self.atimed(u, r) for u, r in zip(user_ids, flags, strict=True))))
 
-    async def _aget(self, user_id: int) -> UserFeatureResult:
+    async def _aget(self, user_id: int, refresh: bool = False) -> UserFeatureResult:
         cached, hit = self._fresh(user_id)
-        if cached is not None:
+        if cached is not None and not refresh:
             return cached
         future = asyncio.wrap_future(self._pool.submit(self._fetch, user_id))
         try:
@@ -199,3 +203,27 @@ def _result(
         float(event_time) if event_time else None,
         np.asarray(recent, dtype=np.int64) if recent is not None and len(recent) else NO_ITEMS,
     )
+
+
+class RecentlyPushed:
+    """Users whose events this ingress pushed in the last `ttl_s`: their reads go past every replica's
+    cache (`refresh`), so a user sees their own event in the next answer wherever it is computed,
+    while everyone else's reads keep the cache. Bounded: the oldest users are dropped first."""
+
+    def __init__(self, ttl_s: float, max_users: int = 100_000) -> None:
+        self.ttl_s, self.max_users = ttl_s, max_users
+        self._at: OrderedDict[int, float] = OrderedDict()
+
+    def add(self, user_ids: Sequence[int]) -> None:
+        now = time.monotonic()
+        for u in user_ids:
+            self._at[int(u)] = now
+            self._at.move_to_end(int(u))
+        while self._at and (
+            len(self._at) > self.max_users or now - next(iter(self._at.values())) > self.ttl_s
+        ):
+            self._at.popitem(last=False)
+
+    def __contains__(self, user_id: int) -> bool:
+        at = self._at.get(user_id)
+        return at is not None and time.monotonic() - at <= self.ttl_s

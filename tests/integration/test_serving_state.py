@@ -69,3 +69,45 @@ def test_bad_user_config_and_bad_bundle_are_refused_while_serving(state, built, 
 def test_with_nothing_to_fall_back_to_a_refusal_fails_the_deploy(built):
     with pytest.raises(ConfigError, match="Extra inputs"):
         ServingState(SERVING_DEFAULTS.with_overrides({"bundle": str(built.bundle)})).reconfigure({"x": 1})
+
+
+def test_a_canary_holds_both_bundles_and_splits_users_by_their_hash(built, tmp_path):
+    from serve_app.canary import Split
+
+    canary_dir = new_version_of(built.bundle, tmp_path / "c", "v-canary")
+    state = ServingState(SERVING_DEFAULTS.with_overrides({"bundle": str(built.bundle)}), parts=("history",))
+    state.reconfigure({})
+    main = state.current
+    state.reconfigure({"canary_bundle": str(canary_dir), "canary_share": 0.3})
+    assert state.current.bundle is main.bundle  # the main arm is not loaded again
+    canary = state.canary
+    assert canary is not None and canary.bundle.version == "v-canary"
+    users = list(range(1, 401))
+    arms = [state.for_user(u).bundle.version for u in users]
+    split = Split(0.3, "v-canary")
+    assert arms == ["v-canary" if split.arm(u) == "canary" else main.bundle.version for u in users]
+    assert 0.2 < arms.count("v-canary") / len(users) < 0.4
+    assert state.for_version("v-canary") is canary and state.for_version("v-other") is None
+    assert state.arm_of("v-canary") == "canary" and state.arm_of(main.bundle.version) == "main"
+
+    # A bad canary is refused and both arms stay as they were.
+    state.reconfigure({"canary_bundle": str(tmp_path / "missing"), "canary_share": 0.3})
+    assert state.canary is canary and "missing" in state.refused["path"]
+
+    # Promote: the canary's loaded bundle becomes the main one, nothing is loaded again.
+    state.reconfigure({"bundle": str(canary_dir)})
+    assert state.current.bundle is canary.bundle and state.canary is None
+    assert state.for_user(users[0]).bundle.version == "v-canary"
+
+
+def test_a_rollback_keeps_the_very_main_bundle_and_the_event_writer_ignores_canaries(built, tmp_path):
+    canary_dir = new_version_of(built.bundle, tmp_path / "c", "v-canary")
+    state = ServingState(SERVING_DEFAULTS.with_overrides({"bundle": str(built.bundle)}), parts=("history",))
+    state.reconfigure({})
+    main = state.current.bundle
+    state.reconfigure({"canary_bundle": str(canary_dir), "canary_share": 0.5})
+    state.reconfigure({})
+    assert state.canary is None and state.current.bundle is main
+    writer = ServingState(SERVING_DEFAULTS.with_overrides({"bundle": str(built.bundle)}), ("history",), False)
+    writer.reconfigure({"canary_bundle": str(canary_dir), "canary_share": 0.5})
+    assert writer.canary is None and writer.refused is None

@@ -19,6 +19,12 @@ class Held:
     def __init__(self, current: Served) -> None:
         self.current = current
 
+    def for_user(self, user_id: int) -> Served:
+        return self.current
+
+    def for_version(self, version: str) -> Served | None:
+        return self.current if version == self.current.bundle.version else None
+
 
 class OneUser:
     """A reader that answers one user's features at once (what `local_stages` awaits)."""
@@ -26,7 +32,7 @@ class OneUser:
     def __init__(self, features: UserFeatureResult) -> None:
         self.features = features
 
-    async def atimed(self, user_id: int) -> tuple[UserFeatureResult, float]:
+    async def atimed(self, user_id: int, refresh: bool = False) -> tuple[UserFeatureResult, float]:
         return self.features, 0.01
 
 
@@ -85,7 +91,7 @@ def test_thresholds_are_validated():
 class Stalled:
     """A reader whose store never answers within the request (a dead Retriever, seen from the flow)."""
 
-    async def atimed(self, user_id: int) -> tuple[UserFeatureResult, float]:
+    async def atimed(self, user_id: int, refresh: bool = False) -> tuple[UserFeatureResult, float]:
         await asyncio.sleep(10)
         raise AssertionError("unreachable")
 

@@ -24,12 +24,18 @@ class Held:
     def __init__(self, current: Served) -> None:
         self.current = current
 
+    def for_user(self, user_id: int) -> Served:
+        return self.current
+
+    def for_version(self, version: str) -> Served | None:
+        return self.current if version == self.current.bundle.version else None
+
 
 def stages(bundle, features, *, retrieve_fails=None, rank_fails=None, rank_stalls=False) -> RecommendFlow:
     """Stage callables shaped like handle.method.remote: rank takes the unawaited retrieval."""
     state = Held(served(bundle))
 
-    def retrieve(user_id, n, exclude):
+    def retrieve(user_id, n, exclude, refresh=False):
         async def run():
             if retrieve_fails:
                 raise retrieve_fails

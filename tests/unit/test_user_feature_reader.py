@@ -141,3 +141,32 @@ def test_a_batch_of_reads_waits_for_the_deadline_once_not_once_per_user():
     assert elapsed < 0.4, elapsed  # one at a time would take 0.6 s
     assert [r.user_id for r, _ in reads] == [11, 12, 13, 14, 15, 16]
     assert all(r.degraded and r.source == "none" and ms >= 100 for r, ms in reads)
+
+
+def test_a_refresh_read_goes_past_the_cache_and_a_failed_one_falls_back_on_it():
+    store = Store()
+    reader = reader_of(store, timeout_s=1.0, ttl_s=60, stale_s=60)
+    assert asyncio.run(reader.aget(7)).source == "online"
+    assert asyncio.run(reader.aget(7)).source == "cache" and store.calls == 1
+    fresh = asyncio.run(reader.aget(7, refresh=True))
+    assert fresh.source == "online" and store.calls == 2
+    batch = asyncio.run(reader.aget_many([7, 7], [False, True]))
+    assert [r.source for r, _ in batch] == ["cache", "online"] and store.calls == 3
+    store.mode = "fail"
+    assert asyncio.run(reader.aget(7, refresh=True)).source == "stale_cache"
+
+
+def test_recently_pushed_users_are_remembered_for_the_ttl_and_bounded(monkeypatch):
+    from serve_app.stages import user_features
+
+    now = [100.0]
+    monkeypatch.setattr(user_features.time, "monotonic", lambda: now[0])
+    pushed = user_features.RecentlyPushed(ttl_s=30, max_users=3)
+    pushed.add([1, 2])
+    now[0] += 20
+    pushed.add([3])
+    assert 1 in pushed and 3 in pushed and 4 not in pushed
+    now[0] += 15  # users 1 and 2 are 35 s old now, 3 is 15 s old
+    assert 1 not in pushed and 3 in pushed
+    pushed.add([4, 5, 6])  # past max_users: the oldest go first
+    assert 3 not in pushed and {4, 5, 6} == {u for u in range(10) if u in pushed}

@@ -1,0 +1,231 @@
+"""`recsys rollout`: a new bundle to a running service, in place, through a canary (no ray import).
+
+    recsys rollout BUNDLE [--share 0.1]   check it, show its evaluation next to the serving one's,
+                                          and serve it to that share of users (serve_app/canary.py)
+    recsys rollout --status               what serves where, and requests per arm and outcome
+    recsys rollout --promote              the canary's bundle serves everyone
+    recsys rollout --rollback             everyone back on the main bundle, exactly as before
+    recsys rollout BUNDLE --now           switch everyone at once (e.g. back to a bundle promoted over)
+
+Each step is one declarative deploy through Serve's REST API (what `serve deploy` sends): the running
+config with the bundle-holding deployments' `user_config` changed. Serve applies a change of
+`user_config` alone in place (`reconfigure` on the running replicas: no restart); a replica that
+refuses the bundle keeps serving what it had and says so in GET /version, and this command then puts
+the previous config back. GET /version is the truth about what serves where at every step; nothing is
+kept on the side.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from serve_app.errors import ConfigError, DependencyError
+
+# The deployments holding a bundle, by topology; their user_config carries the rollout. The
+# EventWriter takes the main bundle only (it folds events in with the main model).
+HOLDERS = {
+    "graph": ("Ingress", "Retriever", "Ranker", "EventWriter"),
+    "colocated": ("Ingress", "EventWriter"),
+}
+CANARY_KEYS = ("canary_bundle", "canary_share")
+
+
+def with_rollout(app: dict[str, Any], **bundle_keys: Any) -> dict[str, Any]:
+    """A copy of an application's config whose bundle holders' user_config name these bundle keys
+    (other keys they had are kept; canary keys not given are dropped)."""
+    app = json.loads(json.dumps(app))
+    topology = app.get("args", {}).get("topology", "graph")
+    deployments = app.setdefault("deployments", [])
+    by_name = {d["name"]: d for d in deployments}
+    for name in HOLDERS[topology]:
+        deployment = by_name.get(name)
+        if deployment is None:
+            deployment = {"name": name}
+            deployments.append(deployment)
+        kept = {k: v for k, v in (deployment.get("user_config") or {}).items() if k not in CANARY_KEYS}
+        deployment["user_config"] = {**kept, **{k: v for k, v in bundle_keys.items() if v is not None}}
+    return app
+
+
+def canary_config(app: dict[str, Any], main: str, canary: str, share: float) -> dict[str, Any]:
+    return with_rollout(app, bundle=main, canary_bundle=canary, canary_share=share)
+
+
+def single_config(app: dict[str, Any], bundle: str) -> dict[str, Any]:
+    """Everyone on `bundle` (a promote, a rollback, or a switch at once)."""
+    return with_rollout(app, bundle=bundle)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """GET /version, as far as a rollout cares."""
+
+    main: str  # version
+    main_path: str
+    canary: str | None
+    canary_path: str | None
+    share: float
+    stages: dict[str, str]
+    canary_stages: dict[str, str]
+    refused: dict[str, str]
+
+    @classmethod
+    def of(cls, version: dict[str, Any]) -> Serving:
+        canary = version.get("canary") or {}
+        return cls(
+            main=version["bundle_version"],
+            main_path=version["bundle_path"],
+            canary=canary.get("bundle_version"),
+            canary_path=canary.get("bundle_path"),
+            share=float(canary.get("share", 0.0)),
+            stages=version.get("stages", {}),
+            canary_stages=canary.get("stages", {}),
+            refused=version.get("refused") or {},
+        )
+
+    def settled(self, main: str, canary: str | None) -> bool:
+        """Every stage serves `main`, and `canary` as its canary (None: no canary anywhere)."""
+        if self.main != main or set(self.stages.values()) != {main}:
+            return False
+        if canary is None:
+            return self.canary is None
+        return self.canary == canary and set(self.canary_stages.values()) == {canary}
+
+
+class ServeAdmin:
+    """The running service: Serve's REST API on the dashboard (token auth) and the app's own HTTP."""
+
+    def __init__(
+        self, dashboard: str, token: str | None, url: str | None = None, app: str = "recsys"
+    ) -> None:
+        self.dashboard, self.app = dashboard.rstrip("/"), app
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._url = url
+
+    def details(self) -> dict[str, Any]:
+        return self._call("GET", "/api/serve/applications/").json()
+
+    def deploy_body(self, details: dict[str, Any], app_config: dict[str, Any]) -> dict[str, Any]:
+        """The whole declarative config with this app's replaced: a PUT replaces every application."""
+        apps = [
+            app_config if name == self.app else info["deployed_app_config"]
+            for name, info in details.get("applications", {}).items()
+            if info.get("deployed_app_config")
+        ]
+        http = details.get("http_options", {})
+        body: dict[str, Any] = {
+            "proxy_location": details.get("proxy_location"),
+            "http_options": {k: http[k] for k in ("host", "port", "request_timeout_s") if http.get(k)},
+            "applications": apps,
+        }
+        return {k: v for k, v in body.items() if v is not None}
+
+    def app_config(self, details: dict[str, Any]) -> dict[str, Any]:
+        info = details.get("applications", {}).get(self.app)
+        if not info or not info.get("deployed_app_config"):
+            raise ConfigError(f"no application {self.app!r} deployed from a config at {self.dashboard}")
+        return info["deployed_app_config"]
+
+    def put(self, body: dict[str, Any]) -> None:
+        self._call("PUT", "/api/serve/applications/", json=body)
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            http = self.details().get("http_options", {})
+            self._url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+        return self._url
+
+    def serving(self) -> Serving:
+        return Serving.of(httpx.get(f"{self.url}/version", timeout=10).json())
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            answer = httpx.request(method, self.dashboard + path, headers=self.headers, timeout=30, **kw)
+        except httpx.HTTPError as exc:
+            raise DependencyError(f"Serve's API at {self.dashboard} did not answer: {exc}") from exc
+        if answer.status_code >= 400:
+            raise DependencyError(f"{method} {path}: {answer.status_code} {answer.text[:300]}")
+        return answer
+
+
+def wait_settled(admin: ServeAdmin, main: str, canary: str | None, timeout_s: float) -> Serving:
+    """Poll GET /version until every stage took the change; a refusal or the timeout is an error."""
+    deadline = time.monotonic() + timeout_s
+    serving = admin.serving()
+    while not serving.settled(main, canary):
+        if serving.refused:
+            raise ConfigError(f"refused: {json.dumps(serving.refused)}")
+        if time.monotonic() > deadline:
+            raise ConfigError(f"not applied within {timeout_s:.0f} s: {serving}")
+        time.sleep(0.5)
+        serving = admin.serving()
+    return serving
+
+
+def apply(admin: ServeAdmin, app_config: dict[str, Any], main: str, canary: str | None, timeout_s: float):
+    """Deploy the app config and wait until it serves (main, canary); on a refusal, put back the config
+    that was running and say why."""
+    details = admin.details()
+    before = admin.app_config(details)
+    admin.put(admin.deploy_body(details, app_config))
+    try:
+        return wait_settled(admin, main, canary, timeout_s)
+    except ConfigError as exc:
+        admin.put(admin.deploy_body(admin.details(), before))
+        raise ConfigError(f"rollout undone, the previous config is back: {exc}") from exc
+
+
+def check_new_bundle(path: Path, serving_path: str) -> tuple[dict, dict]:
+    """Load and verify the bundle as a replica would; refuse one whose user features differ from the
+    serving bundle's (both arms read the same online store). Returns both manifests."""
+    from serve_app.bundle import load_bundle
+
+    new = load_bundle(path).manifest
+    old = json.loads((Path(serving_path) / "manifest.json").read_text())
+    if new.get("user_feature_names") != old.get("user_feature_names"):
+        raise ConfigError(
+            f"{path}: its user features {new.get('user_feature_names')} are not the serving bundle's "
+            f"{old.get('user_feature_names')}; both arms read the same online store (feast apply first)"
+        )
+    return old, new
+
+
+def evaluation_table(old: dict, new: dict) -> str:
+    """The two bundles' offline evaluation side by side: NDCG@10 and recall@10 with 95% CIs."""
+    lines = [f"{'method':<16} {'serving ' + old['version']:<44} {'new ' + new['version']:<44}"]
+    methods = dict.fromkeys([*old["evaluation"]["methods"], *new["evaluation"]["methods"]])
+    for method in methods:
+        cells = []
+        for manifest in (old, new):
+            m = manifest["evaluation"]["methods"].get(method)
+            cells.append(
+                f"ndcg@10 {m['ndcg@10']:.4f} [{m['ndcg@10_ci95'][0]:.3f}, {m['ndcg@10_ci95'][1]:.3f}]"
+                f" rec@10 {m['recall@10']:.3f}"
+                if m
+                else "-"
+            )
+        lines.append(f"{method:<16} {cells[0]:<44} {cells[1]:<44}")
+    return "\n".join(lines)
+
+
+def arm_counts(metrics_text: str) -> dict[str, dict[str, float]]:
+    """Requests by arm and outcome, summed over replicas, from Ray's Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name not in ("ray_recsys_requests", "ray_recsys_requests_total"):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                arm = out.setdefault(sample.labels.get("arm", "main"), {})
+                outcome = sample.labels.get("outcome", "")
+                arm[outcome] = arm.get(outcome, 0.0) + sample.value
+    return out

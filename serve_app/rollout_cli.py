@@ -1,0 +1,107 @@
+"""`recsys rollout`'s command line: where the service is, and each step printed (serve_app/rollout.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import httpx
+
+from serve_app import rollout
+from serve_app.config import PROJECT_ROOT
+from serve_app.errors import ConfigError
+
+LOCAL_STATE = PROJECT_ROOT / ".run" / "cluster.json"  # what `make run` started (serve_app/local_cluster.py)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rollout",
+        help="a new bundle to the running service: canary to a share of users, then --promote or --rollback",
+    )
+    p.add_argument("bundle", nargs="?", help="the new bundle's directory (to start a canary, or with --now)")
+    p.add_argument("--share", type=float, default=0.1, help="share of users the canary serves (0-1]")
+    step = p.add_mutually_exclusive_group()
+    step.add_argument("--promote", action="store_true", help="the canary's bundle serves everyone")
+    step.add_argument("--rollback", action="store_true", help="everyone back on the main bundle")
+    step.add_argument("--status", action="store_true", help="what serves where; requests per arm")
+    step.add_argument("--now", action="store_true", help="BUNDLE serves everyone at once (no canary)")
+    p.add_argument("--address", help="Ray dashboard URL (default: the cluster `make run` started here)")
+    p.add_argument("--url", help="the service's HTTP address (default: from Serve's http_options)")
+    p.add_argument("--metrics", help="a Prometheus text endpoint with the recsys metrics (for --status)")
+    p.add_argument("--app", default="recsys")
+    p.add_argument("--timeout", type=float, default=300, help="seconds for every replica to take a step")
+    p.set_defaults(func=run)
+
+
+def _connect(args: argparse.Namespace) -> tuple[rollout.ServeAdmin, str | None]:
+    """The dashboard and its token: --address and RAY_AUTH_TOKEN(_PATH), or this checkout's `make run`."""
+    state = json.loads(LOCAL_STATE.read_text()) if LOCAL_STATE.exists() else {}
+    address = args.address or os.environ.get("RAY_DASHBOARD_ADDRESS") or state.get("dashboard")
+    if not address:
+        raise ConfigError("no running cluster here (`make run`); give --address http://HEAD:8265")
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH") or (
+        state.get("token_path") if not args.address else None
+    )
+    if token is None and token_path and Path(token_path).exists():
+        token = Path(token_path).read_text().strip()
+    metrics = args.metrics or (state.get("metrics") if not args.address else None)
+    return rollout.ServeAdmin(address, token, args.url, args.app), metrics
+
+
+def run(args: argparse.Namespace) -> None:
+    admin, metrics = _connect(args)
+    serving = admin.serving()
+    if args.status:
+        _print_status(serving, metrics)
+        return
+    if args.promote or args.rollback:
+        if serving.canary is None or serving.canary_path is None:
+            raise ConfigError(f"no canary in progress (serving {serving.main} to everyone)")
+        target_path, target = (
+            (serving.canary_path, serving.canary) if args.promote else (serving.main_path, serving.main)
+        )
+        app = rollout.single_config(admin.app_config(admin.details()), target_path)
+        rollout.apply(admin, app, target, None, args.timeout)
+        print(f"{'promoted' if args.promote else 'rolled back'}: {target} serves everyone ({target_path})")
+        return
+    if not args.bundle:
+        raise ConfigError("name the new bundle's directory (or --status, --promote, --rollback)")
+    if not 0 < args.share <= 1:
+        raise ConfigError(f"--share {args.share}: give a share of users in (0, 1]")
+    path = Path(args.bundle).resolve()
+    old, new = rollout.check_new_bundle(path, serving.main_path)
+    print(f"checked {path}: it loads and verifies as a replica would\n")
+    print(rollout.evaluation_table(old, new), "\n")
+    if new["version"] == serving.main:
+        raise ConfigError(f"{new['version']} is the bundle serving already")
+    app = admin.app_config(admin.details())
+    if args.now:
+        rollout.apply(admin, rollout.single_config(app, str(path)), new["version"], None, args.timeout)
+        print(f"switched: {new['version']} serves everyone (was {serving.main}: {serving.main_path})")
+        return
+    canary = rollout.canary_config(app, serving.main_path, str(path), args.share)
+    rollout.apply(admin, canary, serving.main, new["version"], args.timeout)
+    print(
+        f"canary: {new['version']} serves {args.share:.0%} of users (by a hash of their id), "
+        f"{serving.main} the rest.\nWatch: recsys rollout --status (ray_recsys_requests_total by arm); "
+        "then recsys rollout --promote, or --rollback"
+    )
+
+
+def _print_status(serving: rollout.Serving, metrics: str | None) -> None:
+    print(f"main:   {serving.main} ({serving.main_path}) on {json.dumps(serving.stages)}")
+    if serving.canary:
+        print(f"canary: {serving.canary} ({serving.canary_path}) for {serving.share:.0%} of users")
+        print(f"        on {json.dumps(serving.canary_stages)}")
+    if serving.refused:
+        print(f"refused: {json.dumps(serving.refused)}")
+    if metrics:
+        counts = rollout.arm_counts(httpx.get(metrics, timeout=10).text)
+        for arm, outcomes in sorted(counts.items()):
+            total = sum(outcomes.values())
+            shown = ", ".join(f"{o or 'ok'} {v:.0f}" for o, v in sorted(outcomes.items()))
+            print(f"requests since the replicas started, {arm}: {total:.0f} ({shown})")

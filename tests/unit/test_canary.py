@@ -1,0 +1,126 @@
+"""Canary arms by a stable hash, the rollout's config steps, and per-arm counts (no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serve_app import rollout
+from serve_app.canary import CANARY, MAIN, Split, share_point
+
+
+def test_the_split_is_stable_and_close_to_its_share():
+    split = Split(0.1, "v2")
+    users = np.arange(1, 20_001)
+    mask = split.canary_mask(users)
+    assert abs(mask.mean() - 0.1) < 0.01  # 20k users: the sampling error is ~0.002
+    again = Split(0.1, "v2")
+    assert all(
+        again.arm(int(u)) == (CANARY if m else MAIN) for u, m in zip(users[:500], mask[:500], strict=True)
+    )
+    # A bigger share keeps every user the smaller one had (promotion in steps never moves users back).
+    assert not (mask & ~Split(0.5, "v2").canary_mask(users)).any()
+    # Another canary (another salt) samples other users.
+    overlap = (mask & Split(0.1, "v3").canary_mask(users)).mean()
+    assert overlap < 0.02
+    assert Split(0.0, "v2").canary_mask(users).sum() == 0 and Split(1.0, "v2").canary_mask(users).all()
+    assert 0 <= share_point(7, "v2") < 1
+
+
+GRAPH_APP = {
+    "name": "recsys",
+    "import_path": "serve_app.app:build_app",
+    "args": {"topology": "graph", "bundle": "artifacts/current"},
+    "deployments": [
+        {"name": "Ingress", "max_ongoing_requests": 64},
+        {"name": "Retriever", "user_config": {"n_candidates": 100, "canary_share": 0.3}},
+        {"name": "Ranker"},
+    ],
+}
+
+
+def _user_configs(app: dict) -> dict[str, dict]:
+    return {d["name"]: d.get("user_config") for d in app["deployments"]}
+
+
+def test_a_canary_step_names_both_bundles_on_every_holder_and_keeps_other_keys():
+    app = rollout.canary_config(GRAPH_APP, "/b/v1", "/b/v2", 0.1)
+    configs = _user_configs(app)
+    assert set(configs) == {"Ingress", "Retriever", "Ranker", "EventWriter"}  # EventWriter added
+    want = {"bundle": "/b/v1", "canary_bundle": "/b/v2", "canary_share": 0.1}
+    assert configs["Ingress"] == configs["Ranker"] == configs["EventWriter"] == want
+    assert configs["Retriever"] == {"n_candidates": 100, **want}
+    assert app["deployments"][0]["max_ongoing_requests"] == 64  # options other than user_config kept
+    assert "user_config" not in GRAPH_APP["deployments"][0]  # the running config is not modified
+
+
+def test_promote_and_rollback_drop_the_canary_keys():
+    running = rollout.canary_config(GRAPH_APP, "/b/v1", "/b/v2", 0.1)
+    promoted = _user_configs(rollout.single_config(running, "/b/v2"))
+    assert promoted["Ingress"] == {"bundle": "/b/v2"}
+    assert promoted["Retriever"] == {"n_candidates": 100, "bundle": "/b/v2"}
+    back = _user_configs(rollout.single_config(running, "/b/v1"))
+    assert back["Ranker"] == {"bundle": "/b/v1"}
+
+
+def test_colocated_holders_are_the_ingress_and_the_event_writer():
+    app = {"name": "recsys", "args": {"topology": "colocated"}, "deployments": [{"name": "Ingress"}]}
+    assert set(_user_configs(rollout.canary_config(app, "a", "b", 0.5))) == {"Ingress", "EventWriter"}
+
+
+def _version(main="v1", canary=None, canary_stages=None, stages=None, refused=None) -> dict:
+    out = {"bundle_version": main, "bundle_path": f"/b/{main}", "stages": stages or {"retriever": main}}
+    if canary:
+        out["canary"] = {
+            "bundle_version": canary,
+            "bundle_path": f"/b/{canary}",
+            "share": 0.1,
+            "stages": canary_stages or {"retriever": canary},
+        }
+    return {**out, "refused": refused}
+
+
+def test_a_step_is_settled_only_when_every_stage_took_it():
+    assert rollout.Serving.of(_version("v1", "v2")).settled("v1", "v2")
+    assert not rollout.Serving.of(_version("v1", "v2", {"retriever": "v2", "ranker": "none"})).settled(
+        "v1", "v2"
+    )
+    assert not rollout.Serving.of(_version("v1", "v2")).settled("v1", None)
+    assert not rollout.Serving.of(_version("v2", stages={"retriever": "v2", "ranker": "v1"})).settled(
+        "v2", None
+    )
+    assert rollout.Serving.of(_version("v2", stages={"retriever": "v2", "ranker": "v2"})).settled("v2", None)
+
+
+def test_requests_are_counted_by_arm_from_rays_prometheus_text():
+    text = "\n".join(
+        [
+            "# HELP ray_recsys_requests_total Requests",
+            "# TYPE ray_recsys_requests_total counter",
+            'ray_recsys_requests_total{arm="main",outcome="ok",reason="",ReplicaId="a"} 90.0',
+            'ray_recsys_requests_total{arm="main",outcome="ok",reason="",ReplicaId="b"} 10.0',
+            'ray_recsys_requests_total{arm="canary",outcome="degraded",reason="x",ReplicaId="a"} 3.0',
+            'ray_recsys_requests_total{arm="canary",outcome="ok",reason="",ReplicaId="a"} 7.0',
+        ]
+    )
+    assert rollout.arm_counts(text) == {"main": {"ok": 100.0}, "canary": {"degraded": 3.0, "ok": 7.0}}
+
+
+def test_an_evaluation_table_lists_both_bundles():
+    def manifest(version, ndcg):
+        m = {"ndcg@10": ndcg, "ndcg@10_ci95": [ndcg - 0.01, ndcg + 0.01], "recall@10": 0.2}
+        return {"version": version, "evaluation": {"methods": {"two_stage": m}}}
+
+    table = rollout.evaluation_table(manifest("v1", 0.13), manifest("v2", 0.15))
+    assert "serving v1" in table and "new v2" in table and "0.1300" in table and "0.1500" in table
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_the_canary_share_is_a_setting_in_range(share):
+    from serve_app.config import SERVING_DEFAULTS
+
+    assert (
+        SERVING_DEFAULTS.with_overrides({"canary_bundle": "b", "canary_share": share}).canary_share == share
+    )
+    with pytest.raises(ValueError):
+        SERVING_DEFAULTS.with_overrides({"canary_share": 1.5})
