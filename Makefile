@@ -20,7 +20,7 @@ export RAY_AUTH_MODE = token
 export RAY_USAGE_STATS_ENABLED ?= 0
 export FEAST_DISABLE_USAGE ?= 1
 
-.PHONY: install build run stop test test-fast lint format bench bench-full clean
+.PHONY: install build retrain run stop test test-fast lint format bench bench-full clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ install: $(BIN)/.installed
 # make build DATA=<dir>      -> any MovieLens-format directory (ratings.csv, movies.csv)
 build: install
 	$(BIN)/recsys build --repo $(REPO) --artifacts $(ARTIFACTS) $(if $(DATA),--data $(DATA))
+
+# make retrain: the serving bundle's recipe on its data plus the events since, then a canary of it
+# (CANARY_SHARE of users) when `make run` is up. Cron: see README, "Retrain".
+CANARY_SHARE ?= 0.1
+retrain: install
+	$(BIN)/recsys retrain --repo $(REPO) --artifacts $(ARTIFACTS) $(if $(DATA),--data $(DATA)) \
+		--share $(CANARY_SHARE) --quiet
 
 run: install
 	@test -e $(ARTIFACTS)/current || $(MAKE) --no-print-directory build

@@ -146,6 +146,29 @@ def cmd_events(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_retrain(args: argparse.Namespace) -> None:
+    from serve_app import retrain, rollout_cli
+    from serve_app.bundle import resolve_current
+
+    serving = resolve_current(Path(args.artifacts))
+    manifest = json.loads((serving / "manifest.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = retrain.build_args(manifest, args.repo, args.artifacts, Path(tmp) / "config.json", args.data)
+        print(f"retraining {manifest['version']}'s recipe: recsys {' '.join(argv)}")
+        build_args = parser().parse_args([*argv, *(["--quiet"] if args.quiet else [])])
+        build_args.func(build_args)
+    new = resolve_current(Path(args.artifacts))
+    if args.share <= 0:
+        print(f"to roll it out: recsys rollout {new} --share 0.1")
+        return
+    where = ["--address", args.address] if args.address else []
+    try:
+        rollout_args = parser().parse_args(["rollout", str(new), "--share", str(args.share), *where])
+        rollout_cli.run(rollout_args)
+    except (RecsysError, OSError) as exc:
+        print(f"not rolled out ({exc}); when a service runs: recsys rollout {new} --share {args.share}")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -200,6 +223,20 @@ def parser() -> argparse.ArgumentParser:
     from serve_app import rollout_cli
 
     rollout_cli.add_parser(sub)
+
+    retrain = sub.add_parser(
+        "retrain",
+        help="the serving bundle's recipe again on its data plus the events since, then a canary of it",
+    )
+    retrain.add_argument("--data", help="MovieLens-format directory (default: the one it was built from)")
+    retrain.add_argument(
+        "--share", type=float, default=0.1, help="canary share when a service runs (0: none)"
+    )
+    retrain.add_argument("--address", help="Ray dashboard URL (default: the cluster `make run` started here)")
+    retrain.add_argument("--repo", default=os.environ.get("RECSYS_FEATURE_REPO", str(DEFAULT_REPO)))
+    retrain.add_argument("--artifacts", default=os.environ.get("RECSYS_ARTIFACTS", str(DEFAULT_ARTIFACTS)))
+    retrain.add_argument("--quiet", action="store_true")
+    retrain.set_defaults(func=cmd_retrain)
 
     for name, func, text in (
         ("evaluate", cmd_evaluate, "print a bundle's evaluation table"),
