@@ -250,6 +250,7 @@ class Ingress:
             )
             if canary is not None
             else None,
+            item_delta=bundle.manifest.get("item_delta"),
         )
 
 

@@ -81,6 +81,18 @@ class ItemIndex:
         order = np.argsort(-scores, axis=1, kind="stable")  # L2 round-off can swap near-ties
         return np.take_along_axis(scores, order, 1).astype(np.float32), np.take_along_axis(rows, order, 1)
 
+    def extended(self, vectors: np.ndarray) -> ItemIndex:
+        """A copy with these item vectors added at the next rows (the held index is not changed: the
+        bundle it belongs to keeps serving as it was). Under the MIPS-to-L2 reduction a vector longer
+        than the build's largest norm gets the extra coordinate 0, which ranks it a little low."""
+        index = faiss.clone_index(self.index)
+        v = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.mips_max_norm is not None:
+            extra = np.sqrt(np.maximum(self.mips_max_norm**2 - (v.astype(np.float64) ** 2).sum(1), 0.0))
+            v = np.ascontiguousarray(np.hstack([v, extra[:, None].astype(np.float32)]))
+        index.add(v)
+        return ItemIndex(index, self.mips_max_norm, self.query_norm)
+
     def exact_search(self, queries: np.ndarray, k: int) -> np.ndarray:
         """Exact top-k rows by inner product, from the vectors this index already holds (no copy):
         the ground truth of the online recall monitor. IVF: every list probed (under the MIPS-to-L2
@@ -107,21 +119,39 @@ def augment_for_l2(item_factors: np.ndarray) -> tuple[np.ndarray, float]:
 
 @dataclass(frozen=True)
 class ItemSnapshot:
-    """Columnar item features; row i describes item_ids[i], the same rows the FAISS index uses."""
+    """Columnar item features; row i describes item_ids[i], the same rows the FAISS index uses.
 
-    item_ids: np.ndarray  # int64, sorted
+    A bundle's items are sorted by id; items added after the build (serve_app/item_delta.py) are
+    appended, so the rows every other artifact holds stay valid, and `order` sorts the ids then."""
+
+    item_ids: np.ndarray  # int64, sorted unless `order` is given
     columns: Mapping[str, np.ndarray]  # ITEM_FEATURES -> float64 arrays, NaN where unknown
+    order: np.ndarray | None = None  # argsort of item_ids when they are not sorted
 
     def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         return {name: self.columns[name][rows] for name in ITEM_FEATURES}
 
+    def lookup(self, item_ids: np.ndarray) -> np.ndarray:
+        """The row of each item id, -1 for an id this snapshot does not hold."""
+        ids, item_ids = self.item_ids, np.asarray(item_ids, dtype=np.int64)
+        if not len(ids):
+            return np.full(len(item_ids), -1, np.int64)
+        pos = np.searchsorted(ids, item_ids, sorter=self.order).clip(0, len(ids) - 1)
+        rows = pos if self.order is None else self.order[pos]
+        return np.where(ids[rows] == item_ids, rows, -1)
+
     def rows_of(self, item_ids: np.ndarray) -> np.ndarray:
         """Rows of the known item ids, in their order; unknown ids are dropped."""
-        ids = self.item_ids
-        if not len(ids):
-            return EMPTY_ROWS
-        pos = np.searchsorted(ids, item_ids).clip(0, len(ids) - 1)
-        return pos[ids[pos] == item_ids]
+        rows = self.lookup(item_ids)
+        return rows[rows >= 0]
+
+    def extended(self, item_ids: np.ndarray, columns: Mapping[str, np.ndarray]) -> ItemSnapshot:
+        """These items appended after the held ones (their rows follow the bundle's)."""
+        ids = np.concatenate([self.item_ids, np.asarray(item_ids, dtype=np.int64)])
+        cols = {
+            n: np.concatenate([self.columns[n], np.asarray(columns[n], np.float64)]) for n in ITEM_FEATURES
+        }
+        return ItemSnapshot(ids, cols, np.argsort(ids, kind="stable"))
 
 
 @dataclass(frozen=True)

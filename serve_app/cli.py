@@ -220,9 +220,16 @@ def parser() -> argparse.ArgumentParser:
     events.add_argument("--batch", type=int, default=1_000, help="events per request (1-1000)")
     events.set_defaults(func=cmd_events)
 
-    from serve_app import rollout_cli
+    from serve_app import items_cli, rollout_cli
 
     rollout_cli.add_parser(sub)
+    items_cli.add_parser(
+        sub,
+        {
+            "repo": os.environ.get("RECSYS_FEATURE_REPO", str(DEFAULT_REPO)),
+            "artifacts": os.environ.get("RECSYS_ARTIFACTS", str(DEFAULT_ARTIFACTS)),
+        },
+    )
 
     retrain = sub.add_parser(
         "retrain",

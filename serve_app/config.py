@@ -38,6 +38,8 @@ class ServingSettings(Strict):
     # id, is served by another bundle, held beside the main one in every replica.
     canary_bundle: str | None = Field(None, description="bundle directory the canary arm serves")
     canary_share: float = Field(0.0, ge=0, le=1, description="share of users the canary bundle serves")
+    # Items that arrived after the build (serve_app/item_delta.py, `recsys items add`).
+    item_delta: str | None = Field(None, description="an item delta file extending the main bundle")
     n_candidates: int = Field(200, ge=1, le=5_000, description="retrieval depth handed to the ranker")
     request_timeout_s: float = Field(1.0, gt=0, le=60, description="deadline for the whole stage chain")
     user_features_timeout_ms: float = Field(50, gt=0, le=10_000, description="online-store read deadline")
@@ -84,6 +86,9 @@ class ServingSettings(Strict):
 
     def canary_path(self) -> Path | None:
         return resolve_path(self.canary_bundle) if self.canary_bundle else None
+
+    def item_delta_path(self) -> Path | None:
+        return resolve_path(self.item_delta) if self.item_delta else None
 
 
 SERVING_DEFAULTS = ServingSettings()

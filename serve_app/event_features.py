@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from serve_app.artifacts import History, ItemIndex
+from serve_app.artifacts import History, ItemIndex, ItemSnapshot
 from serve_app.bundle import Bundle
 from serve_app.features import USER_EMBEDDING, USER_EMBEDDING_MODEL, USER_FEATURES, USER_RECENT_ITEMS
 from serve_app.fold_in import confidence, fold_in
@@ -80,10 +81,13 @@ class EventModel:
         )
 
     def rows_of(self, item_ids: np.ndarray) -> np.ndarray:
-        """Row of each item id in the bundle, -1 for an item it does not know."""
-        ids = self.items["item_id"].to_numpy()
-        pos = np.searchsorted(ids, item_ids).clip(0, max(len(ids) - 1, 0))
-        return np.where((ids[pos] == item_ids) if len(ids) else False, pos, -1)
+        """Row of each item id in the bundle (items added since included), -1 for one it does not know."""
+        return self._rows.lookup(item_ids)
+
+    @cached_property
+    def _rows(self) -> ItemSnapshot:
+        ids = self.items["item_id"].to_numpy(np.int64)  # appended items (item_delta.py) are unsorted
+        return ItemSnapshot(ids, {}, np.argsort(ids, kind="stable"))
 
     def user_log(self, user_id: int, events: pd.DataFrame) -> pd.DataFrame:
         """The user's bundle log plus `events` (interaction rows of this user), oldest first, one

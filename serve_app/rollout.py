@@ -33,12 +33,19 @@ HOLDERS = {
     "graph": ("Ingress", "Retriever", "Ranker", "EventWriter"),
     "colocated": ("Ingress", "EventWriter"),
 }
-CANARY_KEYS = ("canary_bundle", "canary_share")
+# Keys a step drops unless it names or keeps them: a canary's, and an item delta (item_delta.py),
+# which extends one bundle only.
+BUNDLE_KEYS = ("canary_bundle", "canary_share", "item_delta")
 
 
-def with_rollout(app: dict[str, Any], **bundle_keys: Any) -> dict[str, Any]:
+def with_keys(app: dict[str, Any], **keys: Any) -> dict[str, Any]:
+    """A copy of an application's config whose bundle holders' user_config also name these keys."""
+    return with_rollout(app, keep=BUNDLE_KEYS, **keys)
+
+
+def with_rollout(app: dict[str, Any], keep: tuple[str, ...] = (), **bundle_keys: Any) -> dict[str, Any]:
     """A copy of an application's config whose bundle holders' user_config name these bundle keys
-    (other keys they had are kept; canary keys not given are dropped)."""
+    (other keys they had are kept; canary and item-delta keys neither given nor in `keep` are dropped)."""
     app = json.loads(json.dumps(app))
     topology = app.get("args", {}).get("topology", "graph")
     deployments = app.setdefault("deployments", [])
@@ -48,18 +55,21 @@ def with_rollout(app: dict[str, Any], **bundle_keys: Any) -> dict[str, Any]:
         if deployment is None:
             deployment = {"name": name}
             deployments.append(deployment)
-        kept = {k: v for k, v in (deployment.get("user_config") or {}).items() if k not in CANARY_KEYS}
+        old = deployment.get("user_config") or {}
+        kept = {k: v for k, v in old.items() if k not in BUNDLE_KEYS or k in keep}
         deployment["user_config"] = {**kept, **{k: v for k, v in bundle_keys.items() if v is not None}}
     return app
 
 
 def canary_config(app: dict[str, Any], main: str, canary: str, share: float) -> dict[str, Any]:
-    return with_rollout(app, bundle=main, canary_bundle=canary, canary_share=share)
+    """The main bundle as it serves (with its item delta, if any) and a canary beside it."""
+    return with_rollout(app, keep=("item_delta",), bundle=main, canary_bundle=canary, canary_share=share)
 
 
-def single_config(app: dict[str, Any], bundle: str) -> dict[str, Any]:
-    """Everyone on `bundle` (a promote, a rollback, or a switch at once)."""
-    return with_rollout(app, bundle=bundle)
+def single_config(app: dict[str, Any], bundle: str, same_main: bool = False) -> dict[str, Any]:
+    """Everyone on `bundle` (a promote, a rollback, or a switch at once). `same_main`: it is the main
+    bundle already serving (a rollback), whose item delta stays; another bundle drops it."""
+    return with_rollout(app, keep=("item_delta",) if same_main else (), bundle=bundle)
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class Serving:
     stages: dict[str, str]
     canary_stages: dict[str, str]
     refused: dict[str, str]
+    item_delta: str | None = None  # the item delta extending the main bundle (item_delta.py)
 
     @classmethod
     def of(cls, version: dict[str, Any]) -> Serving:
@@ -87,6 +98,7 @@ class Serving:
             stages=version.get("stages", {}),
             canary_stages=canary.get("stages", {}),
             refused=version.get("refused") or {},
+            item_delta=(version.get("item_delta") or {}).get("path"),
         )
 
     def settled(self, main: str, canary: str | None) -> bool:

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> None:
         target_path, target = (
             (serving.canary_path, serving.canary) if args.promote else (serving.main_path, serving.main)
         )
-        app = rollout.single_config(admin.app_config(admin.details()), target_path)
+        app = rollout.single_config(admin.app_config(admin.details()), target_path, same_main=args.rollback)
         rollout.apply(admin, app, target, None, args.timeout)
         print(f"{'promoted' if args.promote else 'rolled back'}: {target} serves everyone ({target_path})")
         return

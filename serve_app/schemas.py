@@ -72,6 +72,8 @@ class VersionResponse(BaseModel):
     stages: dict[str, str]
     refused: dict[str, str] | None = None
     canary: CanaryInfo | None = None
+    # Items added since the build (`recsys items add`): the delta file and how many items it holds.
+    item_delta: dict[str, str | int] | None = None
 
 
 class HealthResponse(BaseModel):

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from serve_app.bundle import ALL_PARTS, Bundle, Part, load_bundle
 from serve_app.canary import CANARY, MAIN, Split
 from serve_app.config import ServingSettings
-from serve_app.errors import BundleError, ConfigError
+from serve_app.errors import BundleError, ConfigError, DataError
+from serve_app.item_delta import extend, load_item_delta
 from serve_app.stages.filters import Filter, FilterContext, business_filters
 
 log = logging.getLogger("ray.serve")
@@ -57,6 +58,8 @@ class ServingState:
         self._served: Served | None = None
         self._canary: Served | None = None
         self._split: Split | None = None
+        self._bases: tuple[Bundle, ...] = ()  # the bundles as loaded, before any item delta
+        self._extended: tuple[tuple[int, Path], Bundle] | None = None
         self.refused: dict[str, str] | None = None
 
     @property
@@ -97,16 +100,20 @@ class ServingState:
         return self.apply(settings)
 
     def apply(self, settings: ServingSettings) -> ServingSettings:
-        held = [s.bundle for s in (self._served, self._canary) if s is not None]
+        held = list(self._bases)
         try:
-            bundle = self._load(settings.bundle_path(), held)
+            base = self._load(settings.bundle_path(), held)
         except BundleError as exc:
             return self._refuse(settings.bundle, exc)
         canary_path = settings.canary_path() if self.takes_canary else None
         try:
-            canary = self._load(canary_path, [*held, bundle]) if canary_path is not None else None
+            canary = self._load(canary_path, [*held, base]) if canary_path is not None else None
         except BundleError as exc:  # a bad canary leaves both arms as they were
             return self._refuse(f"canary {settings.canary_bundle}", exc)
+        try:
+            bundle = self._with_items(base, settings.item_delta_path())
+        except (BundleError, DataError) as exc:  # a bad delta: the bundle serves as it did
+            return self._refuse(f"item delta {settings.item_delta}", exc)
         if canary is not None and canary.version == bundle.version:
             canary = None  # the same version on both arms is no canary
         self._served = Served(bundle, business_filters(bundle.items, settings.blocked_item_ids), settings)
@@ -116,6 +123,7 @@ class ServingState:
             else None
         )
         self._split = Split(settings.canary_share, canary.version) if canary is not None else None
+        self._bases = tuple(b for b in (base, canary) if b is not None)
         self.refused = None
         return settings
 
@@ -124,6 +132,15 @@ class ServingState:
             if bundle.path == path:
                 return bundle
         return load_bundle(path, self.parts)
+
+    def _with_items(self, base: Bundle, delta_path: Path | None) -> Bundle:
+        """The base bundle, extended by the item delta if one is named (kept while it is unchanged)."""
+        if delta_path is None:
+            return base
+        key = (id(base), delta_path)
+        if self._extended is None or self._extended[0] != key:
+            self._extended = (key, extend(base, load_item_delta(delta_path)))
+        return self._extended[1]
 
     def _refuse(self, what: str, exc: BundleError | ConfigError) -> ServingSettings:
         self.refused = {"path": what, "error": str(exc)}

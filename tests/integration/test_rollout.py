@@ -15,7 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtest.new_items import closest_users, rating_events
 from serve_app import local_cluster, rollout
+from serve_app.bundle import load_bundle
 from serve_app.canary import Split
 from serve_app.cli import main as recsys
 from serve_app.config import BuildConfig
@@ -86,53 +88,99 @@ def two_models(built, tmp_path_factory):
     return home, built.bundle, b
 
 
-def test_canary_promote_and_rollback_under_traffic(two_models, tmp_path, monkeypatch, capsys):
-    home, a, b = two_models
-    version_a = json.loads((a / "manifest.json").read_text())["version"]
-    version_b = json.loads((b / "manifest.json").read_text())["version"]
-    state_file = tmp_path / "cluster.json"
+@pytest.fixture(scope="module")
+def service(two_models, tmp_path_factory):
+    """A head started here with the shipped graph config deployed, serving A; its token in the env."""
+    home = two_models[0]
+    state_file = tmp_path_factory.mktemp("head") / "cluster.json"
     state = local_cluster.start_head(state_file, env={"RECSYS_HOME": str(home)})
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", state["token_path"])
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_TOKEN_PATH", state["token_path"])
+        env.delenv("RAY_AUTH_TOKEN", raising=False)
+        try:
+            local_cluster.deploy(state, ROOT / "cluster" / "serve_config.yaml", http_port=port)
+            local_cluster.wait_healthy(base, state, timeout_s=240)
+            yield state, base
+        finally:
+            assert local_cluster.stop(state_file)
+
+
+def test_canary_promote_and_rollback_under_traffic(two_models, service, tmp_path, capsys):
+    _, a, b = two_models
+    state, base = service
+    version_a = json.loads((a / "manifest.json").read_text())["version"]
+    version_b = json.loads((b / "manifest.json").read_text())["version"]
     where = ["--address", state["dashboard"], "--url", base, "--metrics", state["metrics"]]
-    try:
-        local_cluster.deploy(state, ROOT / "cluster" / "serve_config.yaml", http_port=port)
-        local_cluster.wait_healthy(base, state, timeout_s=240)
-        before = _answers(base)
-        assert {v for v, _ in before.values()} == {version_a}
-        with Traffic(base) as traffic:
-            assert recsys(["rollout", str(b), "--share", "0.2", *where]) == 0
-            assert "two_stage" in capsys.readouterr().out  # both evaluations, side by side
-            serving = rollout.Serving.of(httpx.get(f"{base}/version", timeout=10).json())
-            assert serving.settled(version_a, version_b) and serving.share == 0.2
-            split = Split(0.2, version_b)
-            canary = _answers(base)
-            for u, (version, items) in canary.items():
-                if split.arm(u) == "canary":
-                    assert version == version_b, u
-                else:
-                    assert (version, items) == before[u], u
-            assert {v for v, _ in canary.values()} == {version_a, version_b}
-            _wait_for_canary_counts(state["metrics"])
+    before = _answers(base)
+    assert {v for v, _ in before.values()} == {version_a}
+    with Traffic(base) as traffic:
+        assert recsys(["rollout", str(b), "--share", "0.2", *where]) == 0
+        assert "two_stage" in capsys.readouterr().out  # both evaluations, side by side
+        serving = rollout.Serving.of(httpx.get(f"{base}/version", timeout=10).json())
+        assert serving.settled(version_a, version_b) and serving.share == 0.2
+        split = Split(0.2, version_b)
+        canary = _answers(base)
+        for u, (version, items) in canary.items():
+            if split.arm(u) == "canary":
+                assert version == version_b, u
+            else:
+                assert (version, items) == before[u], u
+        assert {v for v, _ in canary.values()} == {version_a, version_b}
+        _wait_for_canary_counts(state["metrics"])
 
-            assert recsys(["rollout", "--rollback", *where]) == 0
-            assert _answers(base) == before  # the very bundle it served, answering exactly as before
+        assert recsys(["rollout", "--rollback", *where]) == 0
+        assert _answers(base) == before  # the very bundle it served, answering exactly as before
 
-            assert recsys(["rollout", str(b), "--share", "0.2", *where]) == 0
-            assert recsys(["rollout", "--promote", *where]) == 0
-            assert {v for v, _ in _answers(base).values()} == {version_b}
+        assert recsys(["rollout", str(b), "--share", "0.2", *where]) == 0
+        assert recsys(["rollout", "--promote", *where]) == 0
+        assert {v for v, _ in _answers(base).values()} == {version_b}
 
-            assert recsys(["rollout", str(a), "--now", *where]) == 0
-            assert _answers(base) == before
-        assert traffic.count > 50 and not traffic.failed, traffic.failed[:3]
-        assert traffic.degraded == 0
-        # A bundle that does not load is refused here, before anything is deployed.
-        assert recsys(["rollout", str(tmp_path / "nothing-here"), *where]) == 2
-        assert "nothing-here" in capsys.readouterr().err
-    finally:
-        assert local_cluster.stop(state_file)
+        assert recsys(["rollout", str(a), "--now", *where]) == 0
+        assert _answers(base) == before
+    assert traffic.count > 50 and not traffic.failed, traffic.failed[:3]
+    assert traffic.degraded == 0
+    # A bundle that does not load is refused here, before anything is deployed.
+    assert recsys(["rollout", str(tmp_path / "nothing-here"), *where]) == 2
+    assert "nothing-here" in capsys.readouterr().err
+
+
+def test_a_new_item_is_served_without_a_rebuild(two_models, service, tmp_path, capsys):
+    """Events of an item the bundle does not know, then `recsys items add --apply`: every replica
+    serves the bundle plus the item (its version says so), and a user like its fans is shown it."""
+    home, a, _ = two_models
+    state, base = service
+    bundle = load_bundle(a)
+    target, fans = closest_users(bundle, 3, 15)
+    new_id = int(bundle.items.item_ids.max()) + 1
+    events = rating_events(fans, new_id)
+    assert httpx.post(f"{base}/events", json={"events": events}, timeout=30).status_code == 202
+    movies = tmp_path / "movies.csv"
+    movies.write_text(f"movieId,title,genres\n{new_id},Arrived Today,Drama\n")
+    where = ["--address", state["dashboard"], "--url", base]
+    args = [
+        "items",
+        "add",
+        str(movies),
+        "--apply",
+        "--repo",
+        str(home / "feature_repo"),
+        "--artifacts",
+        str(tmp_path),
+    ]
+    assert recsys([*args, *where]) == 0, capsys.readouterr()
+    version = httpx.get(f"{base}/version", timeout=10).json()
+    assert (
+        version["bundle_version"].startswith(bundle.version + "+items-")
+        and version["item_delta"]["n_items"] == 1
+    )
+    assert set(version["stages"].values()) == {version["bundle_version"]}
+    answer = httpx.post(f"{base}/recommend", json={"user_id": target, "k": 100}, timeout=30).json()
+    assert (
+        new_id in [i["item_id"] for i in answer["items"]]
+        and answer["bundle_version"] == version["bundle_version"]
+    )
 
 
 def _wait_for_canary_counts(metrics: str, timeout_s: float = 60) -> None:
