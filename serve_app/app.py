@@ -130,8 +130,10 @@ class Ingress:
         if self.recall is not None:
             self.recall.configure(settings.recall_sample_rate, settings.n_candidates)
         if self.exposure_of != (bundle.version, settings.exposure_window):
-            popularity = bundle.items.columns["item_popularity"]
-            self.metrics.watch_exposure(bundle.items.item_ids, popularity, settings.exposure_window)
+            # Sorted by id, as the window looks ids up (items added since the build are appended).
+            order = bundle.items.order if bundle.items.order is not None else slice(None)
+            popularity = bundle.items.columns["item_popularity"][order]
+            self.metrics.watch_exposure(bundle.items.item_ids[order], popularity, settings.exposure_window)
             self.exposure_of = (bundle.version, settings.exposure_window)
 
     def refused(self, status: int, code: str, request_id: str | None) -> None:
@@ -235,6 +237,8 @@ class Ingress:
             try:
                 info = await asyncio.wait_for(self.event_writer.version.remote(), 2.0)
                 stages["event_writer"] = info["version"]
+                if info["refused"]:
+                    refused["event_writer"] = info["refused"]["error"]
             except Exception as exc:
                 stages["event_writer"] = f"unavailable ({type(exc).__name__})"
         return VersionResponse(

@@ -152,12 +152,24 @@ def publish(staging: Path, artifacts: Path) -> Path:
     final = artifacts / "bundles" / version
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(staging, final)
+    point_current(artifacts, final)
+    return final
+
+
+def point_current(artifacts: Path, bundle: Path) -> None:
+    """`current` -> bundles/<bundle's name>, atomically (what `serve deploy` of `bundle:
+    artifacts/current` and `make run` serve)."""
     link_tmp = artifacts / ".current.tmp"
     if link_tmp.is_symlink() or link_tmp.exists():
         link_tmp.unlink()
-    os.symlink(Path("bundles") / version, link_tmp)
+    os.symlink(Path("bundles") / bundle.name, link_tmp)
     os.replace(link_tmp, artifacts / "current")
-    return final
+
+
+def artifacts_of(bundle: Path) -> Path | None:
+    """The artifacts directory a published bundle lies in (…/bundles/<version>), or None."""
+    bundle = bundle.resolve()
+    return bundle.parent.parent if bundle.parent.name == "bundles" else None
 
 
 def discard(staging: Path) -> None:

@@ -147,25 +147,45 @@ def cmd_events(args: argparse.Namespace) -> None:
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
-    from serve_app import retrain, rollout_cli
-    from serve_app.bundle import resolve_current
+    import httpx
 
-    serving = resolve_current(Path(args.artifacts))
-    manifest = json.loads((serving / "manifest.json").read_text())
+    from serve_app import retrain, rollout_cli
+    from serve_app.bundle import point_current, resolve_current
+
+    artifacts = Path(args.artifacts)
+    try:  # the recipe of the bundle that serves, when a service runs here (`current` may differ)
+        admin, _ = rollout_cli._connect(
+            argparse.Namespace(address=args.address, url=None, metrics=None, app="recsys")
+        )
+        serving: Path | None = Path(admin.serving().main_path)
+    except (RecsysError, OSError, httpx.HTTPError):
+        serving = None
+    source = serving or resolve_current(artifacts)
+    manifest = json.loads((source / "manifest.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         argv = retrain.build_args(manifest, args.repo, args.artifacts, Path(tmp) / "config.json", args.data)
         print(f"retraining {manifest['version']}'s recipe: recsys {' '.join(argv)}")
         build_args = parser().parse_args([*argv, *(["--quiet"] if args.quiet else [])])
         build_args.func(build_args)
-    new = resolve_current(Path(args.artifacts))
-    if args.share <= 0:
+    new = resolve_current(artifacts)
+    if serving is not None and serving.parent.parent.resolve() == artifacts.resolve():
+        point_current(artifacts, serving)  # `current` is what serves until a promote moves it
+        print(f"artifacts/current stays on {serving.name}, the serving bundle, until --promote")
+    if args.share <= 0 or serving is None:
         print(f"to roll it out: recsys rollout {new} --share 0.1")
         return
-    where = ["--address", args.address] if args.address else []
+    rollout_args = parser().parse_args(
+        [
+            "rollout",
+            str(new),
+            "--share",
+            str(args.share),
+            *(["--address", args.address] if args.address else []),
+        ]
+    )
     try:
-        rollout_args = parser().parse_args(["rollout", str(new), "--share", str(args.share), *where])
         rollout_cli.run(rollout_args)
-    except (RecsysError, OSError) as exc:
+    except (RecsysError, OSError, httpx.HTTPError) as exc:
         print(f"not rolled out ({exc}); when a service runs: recsys rollout {new} --share {args.share}")
 
 

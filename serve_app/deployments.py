@@ -22,12 +22,14 @@ from serve_app.events import Event
 from serve_app.metrics import BatchSizes, BundleInfo, FeatureMetrics, RecallGauge
 from serve_app.recall_monitor import RecallMonitor
 from serve_app.serving_state import Served, ServingState, per_arm
+from serve_app.stages.fallback import unranked
 from serve_app.stages.rank import rank_candidates
 from serve_app.stages.retrieve import Retrieved, query_vector, retrieve_read
 from serve_app.stages.scored import Scored
 from serve_app.stages.user_features import Observe, UserFeatureReader, feast_fetcher
 
 log = logging.getLogger("ray.serve")
+UNKNOWN: Any = object()  # no bundle of that version held: the candidates are not ranked here
 
 
 def open_reader(
@@ -60,9 +62,11 @@ class _BundleStage:
 
     parts: ClassVar[frozenset[Part]]
     batched: ClassVar[str]  # the @serve.batch method whose batching the settings tune
+    keeps_retired: ClassVar[bool] = False
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        self.state = ServingState(ServingSettings.model_validate(settings), self.parts)
+        settings_ = ServingSettings.model_validate(settings)
+        self.state = ServingState(settings_, self.parts, keep_retired=self.keeps_retired)
         self.batch_sizes = BatchSizes(self.batched)
         self.bundle_info = BundleInfo()
 
@@ -139,6 +143,7 @@ class Ranker(_BundleStage):
 
     parts = frozenset(("ranker",))
     batched = "rank"
+    keeps_retired = True  # a model and item features: small, and it ranks candidates of the last step
 
     @serve.batch(
         max_batch_size=SERVING_DEFAULTS.max_batch_size,
@@ -146,13 +151,17 @@ class Ranker(_BundleStage):
     )
     async def rank(self, retrieved: list[Retrieved]) -> list[Scored]:
         self.batch_sizes.observe(retrieved)
-        # Candidates are ranked by the bundle that retrieved them (a canary's by the canary's model).
-        served_of = [
-            self.state.for_version(r.candidates.bundle_version) or self.state.current for r in retrieved
-        ]
-        return per_arm(
-            served_of, lambda served, idx: rank_candidates(served.bundle, [retrieved[i] for i in idx])
-        )
+        # Candidates are ranked by the bundle that retrieved them (a canary's by the canary's model);
+        # none held here: retrieval order, degraded (never one model's candidates by another's ranker).
+        arms = self.state.arms
+        served_of = [self.state.for_version(r.candidates.bundle_version) or UNKNOWN for r in retrieved]
+
+        def rank(served: Served, idx: list[int]) -> list[Scored]:
+            if served is UNKNOWN:
+                return [unranked(retrieved[i].candidates, arms.main.bundle.version) for i in idx]
+            return rank_candidates(served.bundle, [retrieved[i] for i in idx])
+
+        return per_arm(served_of, rank)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, num_replicas=1, max_ongoing_requests=4)

@@ -14,6 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 
@@ -57,12 +58,12 @@ def run_add(args: argparse.Namespace) -> None:
     from serve_app import rollout_cli
     from serve_app.offline.data import _read_movies
 
-    admin = None
+    admin, serving = None, None
     if args.apply or not args.bundle:
         try:
             admin, _ = rollout_cli._connect(args)
             serving = admin.serving()
-        except (ConfigError, OSError) as exc:
+        except (ConfigError, OSError, httpx.HTTPError) as exc:
             if args.apply:
                 raise
             print(f"no running service ({exc}); extending the current bundle")

@@ -120,7 +120,9 @@ def local_stages(
     def rank(retrieved: Awaitable[Retrieved]) -> asyncio.Future:
         async def run() -> Scored:
             got = await retrieved  # ranked by the bundle that retrieved it (one arm of a canary)
-            served = state.for_version(got.candidates.bundle_version) or state.current
+            served = state.for_version(got.candidates.bundle_version)
+            if served is None:  # a reconfigure swapped it out in between: not another model's ranker
+                return fallback.unranked(got.candidates, state.current.bundle.version)
             return rank_candidates(served.bundle, [got])[0]
 
         return asyncio.ensure_future(run())

@@ -130,12 +130,13 @@ class ServeAdmin:
             for name, info in details.get("applications", {}).items()
             if info.get("deployed_app_config")
         ]
-        http = details.get("http_options", {})
+        # The instance-wide options as they run (the details use the deploy schema's own types): a
+        # step must not reset, say, a target_capacity an operator lowered.
         body: dict[str, Any] = {
-            "proxy_location": details.get("proxy_location"),
-            "http_options": {k: http[k] for k in ("host", "port", "request_timeout_s") if http.get(k)},
-            "applications": apps,
+            key: details.get(key)
+            for key in ("proxy_location", "http_options", "grpc_options", "target_capacity")
         }
+        body["applications"] = apps
         return {k: v for k, v in body.items() if v is not None}
 
     def app_config(self, details: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +144,12 @@ class ServeAdmin:
         if not info or not info.get("deployed_app_config"):
             raise ConfigError(f"no application {self.app!r} deployed from a config at {self.dashboard}")
         return info["deployed_app_config"]
+
+    def healthy(self) -> bool:
+        """The app RUNNING and each of its deployments HEALTHY, as Serve's controller reports them."""
+        app = self.details().get("applications", {}).get(self.app, {})
+        deployments = app.get("deployments", {}).values()
+        return app.get("status") == "RUNNING" and all(d.get("status") == "HEALTHY" for d in deployments)
 
     def put(self, body: dict[str, Any]) -> None:
         self._call("PUT", "/api/serve/applications/", json=body)
@@ -167,18 +174,25 @@ class ServeAdmin:
         return answer
 
 
-def wait_settled(admin: ServeAdmin, main: str, canary: str | None, timeout_s: float) -> Serving:
-    """Poll GET /version until every stage took the change; a refusal or the timeout is an error."""
+def wait_settled(
+    admin: ServeAdmin, main: str, canary: str | None, timeout_s: float, confirmations: int = 5
+) -> Serving:
+    """Until Serve reports every deployment of the app healthy (it does once every replica ran the
+    new reconfigure) and GET /version shows the step `confirmations` times in a row (each call asks
+    one replica per deployment, so several calls see several replicas); a refusal seen on the way or
+    the timeout is an error."""
     deadline = time.monotonic() + timeout_s
-    serving = admin.serving()
-    while not serving.settled(main, canary):
+    seen = 0
+    while True:
+        serving = admin.serving()
         if serving.refused:
             raise ConfigError(f"refused: {json.dumps(serving.refused)}")
+        seen = seen + 1 if serving.settled(main, canary) and admin.healthy() else 0
+        if seen >= confirmations:
+            return serving
         if time.monotonic() > deadline:
             raise ConfigError(f"not applied within {timeout_s:.0f} s: {serving}")
-        time.sleep(0.5)
-        serving = admin.serving()
-    return serving
+        time.sleep(0.3)
 
 
 def apply(admin: ServeAdmin, app_config: dict[str, Any], main: str, canary: str | None, timeout_s: float):
@@ -240,4 +254,28 @@ def arm_counts(metrics_text: str) -> dict[str, dict[str, float]]:
                 arm = out.setdefault(sample.labels.get("arm", "main"), {})
                 outcome = sample.labels.get("outcome", "")
                 arm[outcome] = arm.get(outcome, 0.0) + sample.value
+    return out
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a hit rate (sound at small n and at rates near 0 or 1)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def hit_rates(answers: list[tuple[str, list[int], set[int]]]) -> dict[str, dict[str, Any]]:
+    """Per arm: users asked, those whose answer holds one of their held-out items, the rate and its
+    95% interval. `answers`: (arm, recommended ids, the user's held-out ids), one per user."""
+    out: dict[str, dict[str, Any]] = {}
+    for arm, shown, held_out in answers:
+        tally = out.setdefault(arm, {"users": 0, "hits": 0})
+        tally["users"] += 1
+        tally["hits"] += bool(held_out.intersection(shown))
+    for tally in out.values():
+        tally["hit_rate"] = tally["hits"] / tally["users"]
+        tally["ci95"] = wilson(tally["hits"], tally["users"])
     return out

@@ -28,6 +28,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     step.add_argument("--rollback", action="store_true", help="everyone back on the main bundle")
     step.add_argument("--status", action="store_true", help="what serves where; requests per arm")
     step.add_argument("--now", action="store_true", help="BUNDLE serves everyone at once (no canary)")
+    step.add_argument(
+        "--replay",
+        metavar="RATINGS_CSV",
+        help="a held-out log (MovieLens ratings.csv shape): each user's top --k, hit rate per arm",
+    )
+    p.add_argument("--k", type=int, default=10, help="answer size for --replay")
+    p.add_argument("--max-users", type=int, default=2_000, help="users --replay asks for at most")
     p.add_argument("--address", help="Ray dashboard URL (default: the cluster `make run` started here)")
     p.add_argument("--url", help="the service's HTTP address (default: from Serve's http_options)")
     p.add_argument("--metrics", help="a Prometheus text endpoint with the recsys metrics (for --status)")
@@ -58,6 +65,9 @@ def run(args: argparse.Namespace) -> None:
     if args.status:
         _print_status(serving, metrics)
         return
+    if args.replay:
+        _replay(admin, serving, Path(args.replay), args.k, args.max_users)
+        return
     if args.promote or args.rollback:
         if serving.canary is None or serving.canary_path is None:
             raise ConfigError(f"no canary in progress (serving {serving.main} to everyone)")
@@ -66,6 +76,7 @@ def run(args: argparse.Namespace) -> None:
         )
         app = rollout.single_config(admin.app_config(admin.details()), target_path, same_main=args.rollback)
         rollout.apply(admin, app, target, None, args.timeout)
+        _follow_current(Path(target_path))
         print(f"{'promoted' if args.promote else 'rolled back'}: {target} serves everyone ({target_path})")
         return
     if not args.bundle:
@@ -78,9 +89,12 @@ def run(args: argparse.Namespace) -> None:
     print(rollout.evaluation_table(old, new), "\n")
     if new["version"] == serving.main:
         raise ConfigError(f"{new['version']} is the bundle serving already")
+    if serving.canary is not None and serving.canary != new["version"]:
+        raise ConfigError(f"a canary of {serving.canary} is in progress: --promote or --rollback it first")
     app = admin.app_config(admin.details())
     if args.now:
         rollout.apply(admin, rollout.single_config(app, str(path)), new["version"], None, args.timeout)
+        _follow_current(path)
         print(f"switched: {new['version']} serves everyone (was {serving.main}: {serving.main_path})")
         return
     canary = rollout.canary_config(app, serving.main_path, str(path), args.share)
@@ -105,3 +119,35 @@ def _print_status(serving: rollout.Serving, metrics: str | None) -> None:
             total = sum(outcomes.values())
             shown = ", ".join(f"{o or 'ok'} {v:.0f}" for o, v in sorted(outcomes.items()))
             print(f"requests since the replicas started, {arm}: {total:.0f} ({shown})")
+
+
+def _replay(admin: rollout.ServeAdmin, serving: rollout.Serving, log: Path, k: int, max_users: int) -> None:
+    """Each user of a held-out log asks for their top k as any client would; the answer's version
+    says which arm served it, and a hit is one of the user's held-out items in it."""
+    import pandas as pd
+
+    ratings = pd.read_csv(log, usecols=["userId", "movieId"])
+    held_out = ratings.groupby("userId")["movieId"].apply(lambda s: {int(i) for i in s})
+    users = sorted(held_out.index)[:max_users]
+    answers = []
+    with httpx.Client(base_url=admin.url, timeout=30) as client:
+        for user in users:
+            body = client.post("/recommend", json={"user_id": int(user), "k": k}).json()
+            arm = "canary" if serving.canary and body["bundle_version"] == serving.canary else "main"
+            answers.append((arm, [i["item_id"] for i in body["items"]], held_out[user]))
+    for arm, tally in sorted(rollout.hit_rates(answers).items()):
+        low, high = tally["ci95"]
+        print(
+            f"{arm}: hit rate@{k} {tally['hit_rate']:.3f} [{low:.3f}, {high:.3f}] "
+            f"({tally['hits']} of {tally['users']} users of {log.name})"
+        )
+
+
+def _follow_current(bundle: Path) -> None:
+    """`current` follows what serves everyone, when the bundle was published in an artifacts
+    directory here (so `make run` or a redeploy of `bundle: artifacts/current` serves it too)."""
+    from serve_app.bundle import artifacts_of, point_current
+
+    artifacts = artifacts_of(bundle)
+    if artifacts is not None and (artifacts / "current").is_symlink():
+        point_current(artifacts, bundle.resolve())

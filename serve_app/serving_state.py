@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,49 +46,79 @@ class Served:
         return FilterContext(user_id, seen, excluded)
 
 
+@dataclass(frozen=True)
+class Arms:
+    """What a replica serves, replaced as one (reconfigure runs on a thread while requests read it)."""
+
+    main: Served
+    canary: Served | None = None
+    split: Split | None = None
+    # Bundles served just before (e.g. the main one a promote replaced): a Ranker still finds the
+    # bundle that retrieved a request's candidates while a step reaches the replicas one by one.
+    retired: tuple[Served, ...] = ()
+
+
+RETIRED_KEPT = 2
+
+
 class ServingState:
     """Holds the current `Served`, and a canary's beside it; `apply` installs new settings (loading a
     bundle only when it is not already held: promoting a canary reuses the one it loaded)."""
 
     def __init__(
-        self, base: ServingSettings, parts: Collection[Part] = ALL_PARTS, canary: bool = True
+        self,
+        base: ServingSettings,
+        parts: Collection[Part] = ALL_PARTS,
+        canary: bool = True,
+        keep_retired: bool = False,
     ) -> None:
-        """`canary=False`: ignore canary settings (the EventWriter folds events in with the main model)."""
+        """`canary=False`: ignore canary settings (the EventWriter folds events in with the main model).
+        `keep_retired`: keep the last bundles served before (the Ranker's: model and items, small)."""
         self.base, self.parts, self.takes_canary = base, frozenset(parts), canary
-        self._served: Served | None = None
-        self._canary: Served | None = None
-        self._split: Split | None = None
+        self.keep_retired = RETIRED_KEPT if keep_retired else 0
+        self._arms: Arms | None = None
         self._bases: tuple[Bundle, ...] = ()  # the bundles as loaded, before any item delta
         self._extended: tuple[tuple[int, Path], Bundle] | None = None
         self.refused: dict[str, str] | None = None
 
     @property
+    def arms(self) -> Arms:
+        arms = self._arms
+        if arms is None:
+            raise RuntimeError("no bundle loaded yet (the deployment's reconfigure has not run)")
+        return arms
+
+    @property
+    def _served(self) -> Served | None:
+        return self._arms.main if self._arms is not None else None
+
+    @property
     def current(self) -> Served:
         """The main arm's bundle and settings (the settings are the whole replica's)."""
-        if self._served is None:
-            raise RuntimeError("no bundle loaded yet (the deployment's reconfigure has not run)")
-        return self._served
+        return self.arms.main
 
     @property
     def canary(self) -> Served | None:
-        return self._canary
+        return self.arms.canary
 
     def for_user(self, user_id: int) -> Served:
         """The arm serving this user: the canary's for its share of users, else the main one."""
-        canary, split = self._canary, self._split
-        if canary is not None and split is not None and split.arm(user_id) == CANARY:
-            return canary
-        return self.current
+        arms = self.arms
+        if arms.canary is not None and arms.split is not None and arms.split.arm(user_id) == CANARY:
+            return arms.canary
+        return arms.main
 
     def for_version(self, version: str) -> Served | None:
-        """The held bundle of that version (the ranker follows its candidates' version), or None."""
-        for served in (self._served, self._canary):
+        """The bundle of that version held or just retired (the ranker follows its candidates'
+        version), or None: then nothing here may rank them."""
+        arms = self.arms
+        for served in (arms.main, arms.canary, *arms.retired):
             if served is not None and served.bundle.version == version:
                 return served
         return None
 
     def arm_of(self, version: str) -> str:
-        canary = self._canary
+        canary = self.arms.canary
         return CANARY if canary is not None and canary.bundle.version == version else MAIN
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> ServingSettings:
@@ -116,13 +146,18 @@ class ServingState:
             return self._refuse(f"item delta {settings.item_delta}", exc)
         if canary is not None and canary.version == bundle.version:
             canary = None  # the same version on both arms is no canary
-        self._served = Served(bundle, business_filters(bundle.items, settings.blocked_item_ids), settings)
-        self._canary = (
-            Served(canary, business_filters(canary.items, settings.blocked_item_ids), settings)
-            if canary is not None
-            else None
-        )
-        self._split = Split(settings.canary_share, canary.version) if canary is not None else None
+        main = Served(bundle, business_filters(bundle.items, settings.blocked_item_ids), settings)
+        arms = Arms(main)
+        if canary is not None:
+            blocked = business_filters(canary.items, settings.blocked_item_ids)
+            arms = Arms(main, Served(canary, blocked, settings), Split(settings.canary_share, canary.version))
+        old = self._arms
+        if old is not None:
+            kept = {s.bundle.version for s in (arms.main, arms.canary) if s is not None}
+            left = [s for s in (old.main, old.canary, *old.retired) if s is not None]
+            retired = tuple(s for s in left if s.bundle.version not in kept)[: self.keep_retired]
+            arms = replace(arms, retired=retired)
+        self._arms = arms  # one assignment: a request sees the old arms or the new, never a mix
         self._bases = tuple(b for b in (base, canary) if b is not None)
         self.refused = None
         return settings
@@ -136,6 +171,7 @@ class ServingState:
     def _with_items(self, base: Bundle, delta_path: Path | None) -> Bundle:
         """The base bundle, extended by the item delta if one is named (kept while it is unchanged)."""
         if delta_path is None:
+            self._extended = None  # its index copy is not kept once the delta is dropped
             return base
         key = (id(base), delta_path)
         if self._extended is None or self._extended[0] != key:

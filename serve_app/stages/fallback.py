@@ -32,6 +32,7 @@ MODEL_MISMATCH = "model_mismatch"
 RETRIEVER_UNAVAILABLE = "retriever_unavailable"
 RANKER_UNAVAILABLE = "ranker_unavailable"
 BROWNOUT = "brownout"
+BUNDLE_CHANGED = "bundle_changed"  # the ranker holds no longer (or not yet) the bundle that retrieved
 
 
 def for_features(features: UserFeatureResult, dim: int, model_id: str) -> str | None:
@@ -90,6 +91,13 @@ def after_ranker_failure(retrieved: Scored, reason: str, why: str = RANKER_UNAVA
     if retrieved.fallback is not None:
         return retrieved
     return replace(retrieved, fallback=why, degraded=True, reason=reason)
+
+
+def unranked(candidates: Scored, ranker_version: str) -> Scored:
+    """Candidates the ranker holds no bundle for (a rollout step between retrieval and ranking): in
+    retrieval order, degraded, never scored by another model's ranker."""
+    reason = f"candidates of bundle {candidates.bundle_version}; the ranker holds {ranker_version}"
+    return after_ranker_failure(candidates, reason, BUNDLE_CHANGED)
 
 
 def popular(served: Served, user_id: int, k: int, exclude_item_ids: tuple[int, ...], reason: str) -> Scored:

@@ -129,6 +129,16 @@ def test_canary_promote_and_rollback_under_traffic(two_models, service, tmp_path
                 assert (version, items) == before[u], u
         assert {v for v, _ in canary.values()} == {version_a, version_b}
         _wait_for_canary_counts(state["metrics"])
+        # A held-out log whose items are each user's top item before: the main arm hits every time.
+        log = tmp_path / "ratings.csv"
+        rows = [f"{u},{items[0]},5.0,0" for u, (_, items) in before.items()]
+        log.write_text("userId,movieId,rating,timestamp\n" + "\n".join(rows) + "\n")
+        capsys.readouterr()
+        assert recsys(["rollout", "--replay", str(log), *where]) == 0
+        replayed = capsys.readouterr().out
+        main_users = sum(split.arm(u) == "main" for u in USERS)
+        assert "main: hit rate@10 1.000" in replayed and f"of {main_users} users" in replayed
+        assert "canary: hit rate@10" in replayed
 
         assert recsys(["rollout", "--rollback", *where]) == 0
         assert _answers(base) == before  # the very bundle it served, answering exactly as before

@@ -111,3 +111,19 @@ def test_a_rollback_keeps_the_very_main_bundle_and_the_event_writer_ignores_cana
     writer = ServingState(SERVING_DEFAULTS.with_overrides({"bundle": str(built.bundle)}), ("history",), False)
     writer.reconfigure({"canary_bundle": str(canary_dir), "canary_share": 0.5})
     assert writer.canary is None and writer.refused is None
+
+
+def test_a_ranker_keeps_the_bundles_of_its_last_steps_and_other_stages_do_not(built, tmp_path):
+    """Between two steps a Ranker may get candidates of the bundle it just left: it still ranks them
+    with that bundle (kept: model and item features), a Retriever keeps no index it left."""
+    b = new_version_of(built.bundle, tmp_path / "b", "v-b")
+    for keep in (True, False):
+        state = ServingState(
+            SERVING_DEFAULTS.with_overrides({"bundle": str(built.bundle)}), ("history",), keep_retired=keep
+        )
+        state.reconfigure({})
+        first = state.current.bundle.version
+        state.reconfigure({"bundle": str(b)})
+        assert state.current.bundle.version == "v-b"
+        assert (state.for_version(first) is not None) is keep
+        assert state.for_version("v-b") is state.current

@@ -124,3 +124,30 @@ def test_the_canary_share_is_a_setting_in_range(share):
     )
     with pytest.raises(ValueError):
         SERVING_DEFAULTS.with_overrides({"canary_share": 1.5})
+
+
+def test_replayed_hit_rates_are_kept_per_arm_with_their_interval():
+    answers = [
+        ("main", [1, 2, 3], {3}),
+        ("main", [1, 2, 3], {9}),
+        ("canary", [4, 5], {5, 6}),
+        ("main", [7], {7}),
+    ]
+    rates = rollout.hit_rates(answers)
+    assert (rates["main"]["users"], rates["main"]["hits"]) == (3, 2)
+    assert rates["canary"]["hit_rate"] == 1.0
+    low, high = rates["main"]["ci95"]
+    assert low < 2 / 3 < high and low >= 0 and high <= 1
+    assert rollout.wilson(0, 0) == (0.0, 1.0) and rollout.wilson(50, 100)[0] == pytest.approx(
+        0.404, abs=0.001
+    )
+
+
+def test_candidates_no_bundle_here_can_rank_are_answered_in_retrieval_order_and_degraded():
+    from serve_app.stages import fallback
+    from serve_app.stages.scored import Scored
+
+    candidates = Scored(np.array([5, 3, 9]), np.array([0.9, 0.5, 0.1], np.float32), "v1")
+    answer = fallback.unranked(candidates, "v2")
+    assert answer.item_ids.tolist() == [5, 3, 9] and answer.degraded
+    assert answer.fallback == fallback.BUNDLE_CHANGED and "v1" in answer.reason and "v2" in answer.reason
