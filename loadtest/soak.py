@@ -81,6 +81,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                 "requests": level["requests"],
                 "failed": level["errors"],
                 "degraded": level["degraded"],
+                "fallback": level["fallback"],  # why answers were not the full path, by reason
                 "p50_ms": level["latency_ms"]["p50"],
                 "p99_ms": level["latency_ms"]["p99"],
                 "rss_mib": rss_by_kind(procs),
@@ -124,12 +125,19 @@ def markdown(report: dict[str, Any]) -> str:
         f"{w['p99_ms']} | {w['rss_mib']['total']:.0f} |"
         for w in report["windows"]
     ]
+    reasons: dict[str, int] = {}
+    for w in report["windows"]:
+        for reason, n in w.get("fallback", {}).items():
+            reasons[reason] = reasons.get(reason, 0) + n
     rss_slope, p99_slope = drift["rss_total_mib"], drift["p99_ms"]
     lines += [
         "",
         f"Drift after the first minute (least-squares slope): RSS {rss_slope or 0:+.2f} MiB/min "
         f"({first['rss_mib']['total']:.0f} -> {last['rss_mib']['total']:.0f} MiB), "
         f"p99 {p99_slope or 0:+.2f} ms/min ({first['p99_ms']} -> {last['p99_ms']} ms).",
+        "",
+        "Answers off the full path, by reason: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none"),
         "",
         "RSS drift by process kind (MiB/min): "
         + ", ".join(

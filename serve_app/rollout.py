@@ -162,7 +162,10 @@ class ServeAdmin:
         return self._url
 
     def serving(self) -> Serving:
-        return Serving.of(httpx.get(f"{self.url}/version", timeout=10).json())
+        try:
+            return Serving.of(httpx.get(f"{self.url}/version", timeout=10).json())
+        except httpx.HTTPError as exc:
+            raise DependencyError(f"the service at {self.url} did not answer GET /version: {exc}") from exc
 
     def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
