@@ -126,6 +126,7 @@ class Ingress:
             self.admission = admission_for(settings)  # a new bundle has its own unloaded latency
             self.admission_of = (bundle.version, settings.admission, settings.admission_tolerance)
         self.metrics.bundle(bundle.version)
+        self.metrics.canary_on = self.state.canary is not None
         self.request_log.configure(settings.request_log_sample_rate)
         if self.recall is not None:
             self.recall.configure(settings.recall_sample_rate, settings.n_candidates)

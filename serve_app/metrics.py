@@ -111,13 +111,15 @@ class ServeRequestMetrics(RequestMetrics):
         )
         self.bundle_info = BundleInfo()
         self.exposure: ExposureGauges | None = None
+        self.canary_on = False
 
     def answered(
         self, result: Scored, elapsed_ms: float, shown: np.ndarray | None = None, arm: str = MAIN
     ) -> None:
         outcome, reason = outcome_of(result)
         self.requests.inc(tags={"outcome": outcome, "reason": reason, "arm": arm})
-        self.arm_latency.observe(elapsed_ms, tags={"arm": arm})
+        if self.canary_on:  # only while a canary runs: with one arm it is the total's histogram again
+            self.arm_latency.observe(elapsed_ms, tags={"arm": arm})
         for stage, ms in result.timings_ms.items():
             if stage not in RECORDED_WHERE_RUN:
                 self.latency.observe(ms, tags={"stage": stage})
