@@ -197,17 +197,11 @@ def wait_recovered(port: int, bundle: Path, timeout_s: float = 120) -> float:
 
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
-    from loadtest import mix
-    from loadtest.stats import machine, merge
-    from loadtest.targets import served_target
+    from loadtest.stats import machine
+    from loadtest.targets import half_capacity, run_inputs, served_target
     from serve_app import local_cluster
 
-    bundle, repo, config = opts.bundle.resolve(), opts.repo.resolve(), opts.config.resolve()
-    work = Path(opts.out) / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    users, items = mix.bundle_ids(bundle)
-    payloads = mix.http_payloads(mix.generate(users, items, 50_000, mix.MixSpec(debug_fraction=0.0)))
+    bundle, repo, config, work, payloads = run_inputs(opts, 50_000)
     faults = opts.faults.split(",") if opts.faults else [*deployments_of(config), "controller", "proxy"]
     if not opts.faults:
         faults += ["store", "corrupt_bundle"]
@@ -220,10 +214,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         chaos = Chaos(client, port, procs, payloads, opts)
         chaos.proxy_port = int(info.get("proxy_port", port))
         if opts.rate is None:  # half of what a closed loop of 16 connections gets through
-            tallies = client.run(Level("closed", 16, 5.0, port, drain_s=3.0), payloads)
-            capacity = merge(tallies, 5.0)["throughput_rps"]
-            opts.rate = max(1.0, round(capacity / 2, 1))
-            report["capacity_rps"] = capacity
+            report["capacity_rps"], opts.rate = half_capacity(client, port, payloads)
         report.update(rate_rps=opts.rate, window_s=opts.window, kill_at_s=opts.kill_at)
         for fault in faults:
             outcome = chaos.run(fault, chaos.inject_for(fault, state, config, bundle, repo, work))

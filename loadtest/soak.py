@@ -14,7 +14,6 @@ last values. Writes <out>/<timestamp>/{soak.json,soak.md} and copies them to <ou
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,25 +49,22 @@ def slope(values: list[float]) -> float | None:
 
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
-    from loadtest import mix
     from loadtest.stats import machine, merge
-    from loadtest.targets import served_target
+    from loadtest.targets import half_capacity, run_inputs, served_target
 
-    bundle, repo, config = opts.bundle.resolve(), opts.repo.resolve(), opts.config.resolve()
-    work = Path(opts.out) / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    users, items = mix.bundle_ids(bundle)
-    payloads = mix.http_payloads(mix.generate(users, items, 50_000, mix.MixSpec(debug_fraction=0.0)))
-    report: dict[str, Any] = {"machine": machine(), "config": str(config), "windows": []}
+    inputs = run_inputs(opts, 50_000)
+    report: dict[str, Any] = {"machine": machine(), "config": str(inputs.config), "windows": []}
     with (
-        served_target(bundle, repo, work, config, opts.throughput_optimized) as (port, procs, _),
+        served_target(inputs.bundle, inputs.repo, inputs.work, inputs.config, opts.throughput_optimized) as (
+            port,
+            procs,
+            _,
+        ),
         LoadClient(2) as client,
     ):
+        payloads = inputs.payloads
         if opts.rate is None:
-            tallies = client.run(Level("closed", 16, 5.0, port, drain_s=3.0), payloads)
-            report["capacity_rps"] = merge(tallies, 5.0)["throughput_rps"]
-            opts.rate = max(1.0, round(report["capacity_rps"] / 2, 1))
+            report["capacity_rps"], opts.rate = half_capacity(client, port, payloads)
         report["rate_rps"] = opts.rate
         for minute in range(opts.minutes):
             tallies = client.run(

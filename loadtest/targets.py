@@ -8,6 +8,7 @@ deploys it, on a Ray head of its own, stopped through local_cluster.stop (its ow
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -228,3 +229,39 @@ def run_floor(
         "processes": 1,
     }
     return level
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInputs:
+    """What a harness run against its own cluster starts from (chaos, soak, two nodes)."""
+
+    bundle: Path
+    repo: Path
+    config: Path
+    work: Path  # emptied: the run's Ray head and home live here
+    payloads: list
+
+    def __iter__(self) -> Iterator[Any]:  # bundle, repo, config, work, payloads = run_inputs(...)
+        return iter((self.bundle, self.repo, self.config, self.work, self.payloads))
+
+
+def run_inputs(opts: Any, n_requests: int) -> RunInputs:
+    """opts.bundle/repo/config resolved, <opts.out>/work emptied, and `n_requests` of the request mix
+    (no debug timings) over the bundle's users and items."""
+    from loadtest import mix
+
+    bundle = opts.bundle.resolve()
+    work = Path(opts.out) / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    users, items = mix.bundle_ids(bundle)
+    payloads = mix.http_payloads(mix.generate(users, items, n_requests, mix.MixSpec(debug_fraction=0.0)))
+    return RunInputs(bundle, opts.repo.resolve(), opts.config.resolve(), work, payloads)
+
+
+def half_capacity(client: Any, port: int, payloads: list) -> tuple[float, float]:
+    """(capacity, half of it): what a closed loop of 16 connections gets through in 5 s."""
+    from loadtest.client import Level
+
+    capacity = merge(client.run(Level("closed", 16, 5.0, port, drain_s=3.0), payloads), 5.0)["throughput_rps"]
+    return capacity, max(1.0, round(capacity / 2, 1))

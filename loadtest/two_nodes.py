@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -44,17 +43,11 @@ def _stages_on(state: dict, node_id: str, timeout_s: float) -> dict[str, list[st
 
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
-    from loadtest import mix
     from loadtest.stats import machine
-    from loadtest.targets import served_target
+    from loadtest.targets import run_inputs, served_target
     from serve_app import cluster_audit, worker_node
 
-    bundle, repo, config = opts.bundle.resolve(), opts.repo.resolve(), opts.config.resolve()
-    work = Path(opts.out) / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    users, items = mix.bundle_ids(bundle)
-    payloads = mix.http_payloads(mix.generate(users, items, 20_000, mix.MixSpec(debug_fraction=0.0)))
+    bundle, repo, config, work, payloads = run_inputs(opts, 20_000)
     report: dict[str, Any] = {"machine": machine(), "config": str(config), **vars(opts)}
     report.update({k: str(v) for k, v in vars(opts).items() if isinstance(v, Path)})
     with served_target(bundle, repo, work, config, nodes=2) as (port, procs, info), LoadClient(2) as client:

@@ -154,7 +154,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
 
     artifacts = Path(args.artifacts)
     try:  # the recipe of the bundle that serves, when a service runs here (`current` may differ)
-        admin, _ = rollout_cli._connect(
+        admin, _ = rollout_cli.connect(
             argparse.Namespace(address=args.address, url=None, metrics=None, app="recsys")
         )
         serving: Path | None = Path(admin.serving().main_path)

@@ -61,7 +61,7 @@ def run_add(args: argparse.Namespace) -> None:
     admin, serving = None, None
     if args.apply or not args.bundle:
         try:
-            admin, _ = rollout_cli._connect(args)
+            admin, _ = rollout_cli.connect(args)
             serving = admin.serving()
         except (ConfigError, OSError, httpx.HTTPError) as exc:
             if args.apply:

@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _connect(args: argparse.Namespace) -> tuple[rollout.ServeAdmin, str | None]:
+def connect(args: argparse.Namespace) -> tuple[rollout.ServeAdmin, str | None]:
     """The dashboard and its token: --address and RAY_AUTH_TOKEN(_PATH), or this checkout's `make run`."""
     state = json.loads(LOCAL_STATE.read_text()) if LOCAL_STATE.exists() else {}
     address = args.address or os.environ.get("RAY_DASHBOARD_ADDRESS") or state.get("dashboard")
@@ -60,7 +60,7 @@ def _connect(args: argparse.Namespace) -> tuple[rollout.ServeAdmin, str | None]:
 
 
 def run(args: argparse.Namespace) -> None:
-    admin, metrics = _connect(args)
+    admin, metrics = connect(args)
     serving = admin.serving()
     if args.status:
         _print_status(serving, metrics)

@@ -139,3 +139,41 @@ def local_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis
         yield handle
     finally:
         redis_server.stop(handle.server)
+
+
+class Traffic:
+    """Client threads asking for random users until stopped (a context manager): counts answers, and
+    keeps what was not a 200 (`failed`) and the fallback reason of every degraded answer."""
+
+    def __init__(self, base: str, users: list[int], clients: int = 2) -> None:
+        import threading
+
+        self.base, self.users = base, users
+        self.count, self.failed, self.degraded = 0, [], []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
+
+    def _run(self, seed: int) -> None:
+        import random
+
+        import httpx
+
+        rng = random.Random(seed)
+        with httpx.Client(base_url=self.base, timeout=30) as client:
+            while not self.stop.is_set():
+                r = client.post("/recommend", json={"user_id": rng.choice(self.users), "k": 5})
+                self.count += 1
+                if r.status_code != 200:
+                    self.failed.append(f"{r.status_code} {r.text[:120]}")
+                elif r.json()["degraded"]:
+                    self.degraded.append(r.json()["fallback"] or r.json()["degraded_reason"])
+
+    def __enter__(self) -> Traffic:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)

@@ -3,11 +3,9 @@ row from the store (no cache): no request fails and none is degraded, in the gra
 
 from __future__ import annotations
 
-import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,41 +14,10 @@ import httpx
 import pytest
 
 from serve_app.bundle import load_bundle
-from tests.conftest import local_serve
+from tests.conftest import Traffic, local_serve
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 FEAST = Path(sys.executable).parent / "feast"
-
-
-class Traffic:
-    """Clients asking for random known users until stopped; counts answers, failures and degraded ones."""
-
-    def __init__(self, base: str, users: list[int], clients: int = 3) -> None:
-        self.base, self.users = base, users
-        self.count, self.failed, self.degraded = 0, [], []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
-
-    def _run(self, seed: int) -> None:
-        rng = random.Random(seed)
-        with httpx.Client(base_url=self.base, timeout=30) as client:
-            while not self.stop.is_set():
-                r = client.post("/recommend", json={"user_id": rng.choice(self.users), "k": 5})
-                self.count += 1
-                if r.status_code != 200:
-                    self.failed.append(f"{r.status_code} {r.text[:120]}")
-                elif r.json()["degraded"]:
-                    self.degraded.append(r.json()["degraded_reason"])
-
-    def __enter__(self) -> Traffic:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
 
 
 def test_materialize_under_traffic_fails_and_degrades_nothing(built, tmp_path):
@@ -70,7 +37,7 @@ def test_materialize_under_traffic_fails_and_degrades_nothing(built, tmp_path):
         base = f"http://127.0.0.1:{port}"
         _warm(base, users[0])
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        with Traffic(base, users) as traffic:
+        with Traffic(base, users, clients=3) as traffic:
             time.sleep(2)
             before, started = traffic.count, time.monotonic()
             for argv in (["materialize", "2000-01-01T00:00:00", now], ["materialize-incremental", now]):

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from serve_app.canary import Split
 from serve_app.cli import main as recsys
 from serve_app.config import BuildConfig
 from serve_app.ports import free_port
-from tests.conftest import copy_feature_repo
+from tests.conftest import Traffic, copy_feature_repo
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,36 +35,6 @@ def _answers(base: str) -> dict[int, tuple[str, list[int]]]:
             assert not body["degraded"], body
             out[u] = (body["bundle_version"], [i["item_id"] for i in body["items"]])
     return out
-
-
-class Traffic:
-    """Two clients asking for random users until stopped; every answer that is not a 200 is kept."""
-
-    def __init__(self, base: str) -> None:
-        self.base, self.count, self.degraded, self.failed = base, 0, 0, []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(2)]
-
-    def _run(self, seed: int) -> None:
-        rng = random.Random(seed)
-        with httpx.Client(base_url=self.base, timeout=30) as client:
-            while not self.stop.is_set():
-                r = client.post("/recommend", json={"user_id": rng.choice(USERS), "k": 5})
-                self.count += 1
-                if r.status_code != 200:
-                    self.failed.append(f"{r.status_code} {r.text[:120]}")
-                elif r.json()["degraded"] and r.json()["fallback"] != "bundle_changed":
-                    self.degraded += 1  # a request caught between two stages on two bundles is fine
-
-    def __enter__(self) -> Traffic:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +83,7 @@ def test_canary_promote_and_rollback_under_traffic(two_models, service, tmp_path
     where = ["--address", state["dashboard"], "--url", base, "--metrics", state["metrics"]]
     before = _answers(base)
     assert {v for v, _ in before.values()} == {version_a}
-    with Traffic(base) as traffic:
+    with Traffic(base, USERS) as traffic:
         assert recsys(["rollout", str(b), "--share", "0.2", *where]) == 0
         assert "two_stage" in capsys.readouterr().out  # both evaluations, side by side
         serving = rollout.Serving.of(httpx.get(f"{base}/version", timeout=10).json())
@@ -150,7 +118,8 @@ def test_canary_promote_and_rollback_under_traffic(two_models, service, tmp_path
         assert recsys(["rollout", str(a), "--now", *where]) == 0
         assert _answers(base) == before
     assert traffic.count > 50 and not traffic.failed, traffic.failed[:3]
-    assert traffic.degraded == 0
+    # A request caught between two stages on two bundles is answered unranked: that is by design.
+    assert [r for r in traffic.degraded if r != "bundle_changed"] == []
     # A bundle that does not load is refused here, before anything is deployed.
     assert recsys(["rollout", str(tmp_path / "nothing-here"), *where]) == 2
     assert "nothing-here" in capsys.readouterr().err

@@ -94,3 +94,16 @@ def user(user_id: int = 1, seed: int = 1, **overrides) -> UserFeatureResult:
 @pytest.fixture(scope="session")
 def tiny_bundle() -> Bundle:
     return make_bundle()
+
+
+class Held:
+    """A ServingState already holding `current` (the flows only read it): one arm, no canary."""
+
+    def __init__(self, current: Served) -> None:
+        self.current = current
+
+    def for_user(self, user_id: int) -> Served:
+        return self.current
+
+    def for_version(self, version: str) -> Served | None:
+        return self.current if version == self.current.bundle.version else None

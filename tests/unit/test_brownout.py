@@ -12,18 +12,7 @@ from serve_app.config import SERVING_DEFAULTS
 from serve_app.request_flow import local_stages
 from serve_app.serving_state import Served
 from serve_app.stages.user_features import UserFeatureResult
-from tests.unit.conftest import served, user
-
-
-class Held:
-    def __init__(self, current: Served) -> None:
-        self.current = current
-
-    def for_user(self, user_id: int) -> Served:
-        return self.current
-
-    def for_version(self, version: str) -> Served | None:
-        return self.current if version == self.current.bundle.version else None
+from tests.unit.conftest import Held, served, user
 
 
 class OneUser:

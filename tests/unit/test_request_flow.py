@@ -15,20 +15,7 @@ from serve_app.serving_state import Served
 from serve_app.stages.rank import rank_batch, rank_candidates
 from serve_app.stages.retrieve import retrieve_batch, retrieve_read
 from serve_app.stages.user_features import UserFeatureReader
-from tests.unit.conftest import served, user
-
-
-class Held:
-    """A ServingState already holding `current` (the flow only reads it)."""
-
-    def __init__(self, current: Served) -> None:
-        self.current = current
-
-    def for_user(self, user_id: int) -> Served:
-        return self.current
-
-    def for_version(self, version: str) -> Served | None:
-        return self.current if version == self.current.bundle.version else None
+from tests.unit.conftest import Held, served, user
 
 
 def stages(bundle, features, *, retrieve_fails=None, rank_fails=None, rank_stalls=False) -> RecommendFlow:
