@@ -22,6 +22,7 @@ from serve_app.errors import RETRY_AFTER_S, DependencyError, NotReady, Overloade
 from serve_app.events import EventsRequest, EventsResponse
 from serve_app.http import create_api
 from serve_app.metrics import FeatureMetrics, RecallGauge, ServeRequestMetrics
+from serve_app.push_feed import Pushed, follow
 from serve_app.recall_monitor import RecallMonitor
 from serve_app.request_flow import Stages, local_stages, to_response
 from serve_app.request_log import RequestLog
@@ -115,6 +116,10 @@ class Ingress:
             stages = local_stages(self.state, self.reader, self._sample_recall)
         # Under load, a cheaper answer before a refusal: by the requests in flight here (brownout.py).
         self.flow = BrownoutFlow(stages, self.state, lambda: self.admission.in_flight, is_backpressure)
+        self.push_follower: asyncio.Task | None = None
+        if event_writer is not None:  # other replicas' events, heard within a poll (push_feed.py)
+            poll = event_writer.pushed_since.remote
+            self.push_follower = asyncio.get_running_loop().create_task(follow(poll, self.heard))
 
     def reconfigure(self, config: dict[str, Any] | None) -> None:
         settings = self.state.reconfigure(config)
@@ -136,6 +141,16 @@ class Ingress:
             popularity = bundle.items.columns["item_popularity"][order]
             self.metrics.watch_exposure(bundle.items.item_ids[order], popularity, settings.exposure_window)
             self.exposure_of = (bundle.version, settings.exposure_window)
+
+    def heard(self, pushed: Pushed) -> None:
+        """Users whose features were pushed (through any ingress): read past the caches from now on."""
+        if pushed.users is None:
+            if self.reader is not None:
+                self.reader.forget_all()
+            return
+        self.recently_pushed.add(pushed.users)
+        if self.reader is not None:
+            self.reader.forget(pushed.users)
 
     def refused(self, status: int, code: str, request_id: str | None) -> None:
         self.metrics.refused(status, code)

@@ -20,6 +20,7 @@ from serve_app.event_ingest import EventIngest, feast_push
 from serve_app.event_log import EventLog, event_log_path
 from serve_app.events import Event
 from serve_app.metrics import BatchSizes, BundleInfo, FeatureMetrics, RecallGauge
+from serve_app.push_feed import Cursor, Pushed, PushFeed
 from serve_app.recall_monitor import RecallMonitor
 from serve_app.serving_state import Served, ServingState, per_arm
 from serve_app.stages.fallback import unranked
@@ -181,6 +182,7 @@ class EventWriter:
         )
         self.model: EventModel | None = None
         self.unavailable: str | None = None
+        self.feed = PushFeed()
 
     def reconfigure(self, config: dict[str, Any] | None) -> None:
         try:
@@ -201,6 +203,10 @@ class EventWriter:
             return {"version": f"unavailable ({self.unavailable})", "refused": None}
         return {"version": self.state.current.bundle.version, "refused": self.state.refused}
 
+    def pushed_since(self, cursor: Cursor | None) -> Pushed:
+        """Users pushed after `cursor`, for every ingress replica's cache (serve_app/push_feed.py)."""
+        return self.feed.since(cursor)
+
     def apply(self, events: list[Event]) -> dict[str, Any]:
         """{accepted, duplicates, users, push_ms}, or {error, message, status} for the ingress to
         answer (an exception's class does not survive the trip between processes intact)."""
@@ -211,6 +217,7 @@ class EventWriter:
             done = self.ingest.apply(self.model, events)
         except RecsysError as exc:
             return {"error": exc.code, "message": str(exc), "status": exc.http_status}
+        self.feed.record(done.users)
         return {
             "accepted": done.accepted,
             "duplicates": done.duplicates,

@@ -171,10 +171,15 @@ class UserFeatureReader:
 
     def forget(self, user_ids: Sequence[int]) -> None:
         """Drop these users' cached rows (their features were just pushed): the next read goes to the
-        store. Only this process's cache; other replicas' entries expire after `ttl_s`."""
+        store. Only this process's cache; other replicas hear of the push (serve_app/push_feed.py)."""
         with self._lock:
             for u in user_ids:
                 self._cache.pop(int(u), None)
+
+    def forget_all(self) -> None:
+        """Drop every cached row (this replica cannot tell whose features were pushed meanwhile)."""
+        with self._lock:
+            self._cache.clear()
 
     def close(self) -> None:
         """Stop the store-reading threads (for callers that create readers and move on)."""

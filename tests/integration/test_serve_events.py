@@ -33,13 +33,25 @@ def served_events(built, tmp_path_factory):
     # Both with the default 30 s cache: a user's answer right after their events must not come from
     # it (the graph's Retriever is told to read past it; the colocated ingress drops its own row).
     graph = args
-    colocated = args.model_copy(update={"topology": "colocated"})
     with local_serve("recsys-events-test") as port:
         serve.run(build_app(graph), name="recsys", route_prefix="/")
-        serve.run(build_app(colocated), name="colocated", route_prefix="/colocated")
+        serve.run(colocated_app(args, replicas=2), name="colocated", route_prefix="/colocated")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             _warm(client, int(load_bundle(built.bundle).history.user_ids[0]))
             yield client, repo
+
+
+def colocated_app(args, replicas: int):
+    """The colocated app as cluster/serve_config.colocated.yaml runs it: `replicas` Ingress replicas,
+    each with its own feature cache (build_app's wiring, with the replica count the config sets)."""
+    from serve_app.app import EventWriter, Ingress
+    from serve_app.config import resolve_path
+
+    settings = args.serving().model_dump(mode="json")
+    repo = str(resolve_path(args.feature_repo))
+    events = EventWriter.options(user_config={}).bind(settings, repo, None)
+    ingress = Ingress.options(user_config={}, num_replicas=replicas)
+    return ingress.bind(settings, "colocated", feature_repo=repo, event_writer=events)
 
 
 def _warm(client: httpx.Client, user_id: int, timeout_s: float = 60) -> None:
@@ -149,16 +161,22 @@ def test_a_store_that_is_down_gets_503_and_the_retry_applies_once(served_events,
     assert _ids(before)[0] not in _ids(_answer(client, user_id))
 
 
-def test_colocated_ingress_forgets_its_cached_row_on_an_event(served_events, built):
+def test_every_colocated_ingress_forgets_its_cached_row_on_an_event(served_events, built):
+    """Two Ingress replicas, each caching the user's row for 30 s: the one that takes the event drops
+    it at once, the other hears of the push from the EventWriter's feed within a poll (0.25 s)."""
     client, _ = served_events
     user_id = int(load_bundle(built.bundle).history.user_ids[10])
-    before = _answer(client, user_id, "/colocated")  # now cached for 30 s in the ingress
+    asked = [_answer(client, user_id, "/colocated") for _ in range(12)]  # the proxy spreads them
+    before = asked[0]
     top = _ids(before)[0]
     response = client.post("/colocated/events", json={"events": [_view(user_id, top)]})
     assert response.status_code == 202, response.text
-    after = _answer(client, user_id, "/colocated")
-    assert top not in _ids(after)
-    assert after["user_features"]["user_n_interactions"] == before["user_features"]["user_n_interactions"] + 1
+    time.sleep(1.0)
+    for _ in range(12):
+        after = _answer(client, user_id, "/colocated")
+        assert top not in _ids(after)
+        n_before = before["user_features"]["user_n_interactions"]
+        assert after["user_features"]["user_n_interactions"] == n_before + 1
 
 
 def test_recsys_events_sends_a_file_and_a_resend_is_all_duplicates(served_events, built, tmp_path, capsys):
