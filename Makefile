@@ -6,15 +6,23 @@ BIN := $(VENV)/bin
 DATA ?=
 ARTIFACTS ?= artifacts
 REPO ?= feature_repo
-# make run SERVE_CONFIG=cluster/serve_config.colocated.yaml THROUGHPUT_OPTIMIZED=1  (see README, Topologies)
+# make run: the colocated topology, two Ingress replicas with direct ingress (the best on one node:
+# README, Topologies). make run SERVE_CONFIG=cluster/serve_config.yaml THROUGHPUT_OPTIMIZED=0: the graph
+# behind the proxy, as `serve deploy cluster/serve_config.yaml` runs it.
+# make run NODES=2: a worker node beside the head runs Retriever and Ranker, so the graph (see README,
+# Two nodes on one machine).
+NODES ?= 1
+ifeq ($(NODES),2)
 SERVE_CONFIG ?= cluster/serve_config.yaml
-THROUGHPUT_OPTIMIZED ?=
+THROUGHPUT_OPTIMIZED ?= 0
+else
+SERVE_CONFIG ?= cluster/serve_config.colocated.yaml
+THROUGHPUT_OPTIMIZED ?= 1
+endif
 # make run PROMETHEUS=off   (auto: start one when the prometheus binary is installed; see README, Operating it)
 PROMETHEUS ?= auto
 # make run STORE=redis: the online store is a redis-server started under .run/ (see README, Redis online store)
 STORE ?= sqlite
-# make run NODES=2: a worker node beside the head runs Retriever and Ranker (see README, Two nodes on one machine)
-NODES ?= 1
 # Ray's token auth, always on: serve_app/local_cluster.py gives each head it starts its own token.
 export RAY_AUTH_MODE = token
 export RAY_USAGE_STATS_ENABLED ?= 0

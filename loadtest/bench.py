@@ -3,6 +3,10 @@
     python -m loadtest.bench --quick          # make bench: default catalogue, 5 s per level
     python -m loadtest.bench --full           # make bench-full: all catalogues, 20 s per level
     python -m loadtest.bench --bundle B --repo R --out DIR --duration 2 --concurrency 1,4 --rates 20
+    python -m loadtest.bench --targets floor,served --config C [--throughput-optimized]   # any config
+
+Targets: `floor` and `baseline` (no Ray), and served setups side by side: `colocated` (what `make run`
+starts), `graph`, `graph-proxy`, `colocated-proxy` (SETUPS), or `served` (--config as given).
 
 Closed loop at each concurrency, then open loop at each arrival rate, everything on 127.0.0.1 and
 bounded in time. Writes <out>/<timestamp>/{report.json,latency.png,summary.md} and copies them to
@@ -42,6 +46,17 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Served setups: (serve config, direct ingress). With direct ingress the client spreads its load over
+# every ingress replica's own port, as a load balancer on Serve's published target groups would.
+SETUPS: dict[str, tuple[Path, bool]] = {
+    "colocated": (ROOT / "cluster" / "serve_config.colocated.yaml", True),  # make run's default
+    "graph": (ROOT / "cluster" / "serve_config.yaml", True),
+    "graph-proxy": (ROOT / "cluster" / "serve_config.yaml", False),  # serve deploy, no env change
+    "colocated-proxy": (ROOT / "cluster" / "serve_config.colocated.yaml", False),
+}
+NOT_SERVED = ("floor", "baseline")
+
+
 @dataclass
 class Options:
     profile: str = "quick"
@@ -53,14 +68,22 @@ class Options:
     warmup: float = 2.0
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
     rates: list[float] = field(default_factory=lambda: [50, 100, 200])
-    targets: list[str] = field(default_factory=lambda: ["floor", "baseline", "served"])
+    targets: list[str] = field(default_factory=lambda: ["floor", "baseline", "colocated", "graph"])
     ceiling: list[int] = field(default_factory=lambda: [16, 64])
     client_processes: int = max(2, os.cpu_count() or 2)
-    config: Path = ROOT / "cluster" / "serve_config.yaml"
+    config: Path = ROOT / "cluster" / "serve_config.yaml"  # the `served` target's
     throughput_optimized: bool = False  # RAY_SERVE_THROUGHPUT_OPTIMIZED=1, client on direct ingress
     requests: int = 20_000  # distinct pre-encoded requests, replayed in order
     debug_fraction: float = 0.05  # share of requests asking for server-side timings_ms
     command: str = ""
+
+    def setup(self, target: str) -> tuple[Path, bool]:
+        """(serve config, direct ingress) of a served target."""
+        return (self.config, self.throughput_optimized) if target == "served" else SETUPS[target]
+
+    @property
+    def served(self) -> list[str]:
+        return [t for t in self.targets if t not in NOT_SERVED]
 
 
 def _label(mode: str, value: float) -> str:
@@ -79,6 +102,7 @@ class Runner:
         payloads: list,
         modes: list[tuple[str, float]],
         idle: bool = True,
+        spread: tuple[int, ...] = (),
     ) -> dict[str, Any]:
         """Warm up, then each load level in turn; with `idle`, also the server's cost with no traffic
         before (start-up may still be settling) and after the levels (what Serve burns doing nothing)."""
@@ -99,13 +123,13 @@ class Runner:
 
         measure_idle("idle")
         if o.warmup > 0:  # caches, lazy imports, first connections: not part of any figure
-            self.client.run(Level("closed", 4, o.warmup, port, drain_s=drain), payloads)
+            self.client.run(Level("closed", 4, o.warmup, port, drain_s=drain, spread=spread), payloads)
         out = []
         for i, (mode, value) in enumerate(modes):
             psutil.cpu_percent(None)
             with ProcMonitor(procs) as mon:
                 tallies = self.client.run(
-                    Level(mode, value, o.duration, port, drain_s=drain), payloads, seed=i
+                    Level(mode, value, o.duration, port, drain_s=drain, spread=spread), payloads, seed=i
                 )
             lv = {"mode": mode, "value": value, **merge(tallies, o.duration), "server": mon.result()}
             lv["machine_cpu_pct"] = psutil.cpu_percent(None)  # all cores = 100; shows competing load
@@ -137,7 +161,7 @@ class Runner:
         users, items = mix.bundle_ids(bundle)
         requests = mix.generate(users, items, o.requests, mix.MixSpec(debug_fraction=o.debug_fraction))
         payloads = mix.http_payloads(requests)
-        settings = stage_settings(o.config)
+        settings = stage_settings(o.setup(o.served[0])[0] if o.served else o.config)
         modes = [("closed", float(c)) for c in o.concurrency] + [("open", float(r)) for r in o.rates]
         manifest = json.loads((bundle / "manifest.json").read_text())
         result: dict[str, Any] = {
@@ -162,21 +186,17 @@ class Runner:
             with uvicorn_target("loadtest.baseline_app", args, "/healthz", log) as target:
                 return self.levels("baseline", *target, payloads, modes)
 
-        def served() -> dict:
-            with served_target(
-                bundle, cat.repo, work / f"served-{cat.name}", o.config, o.throughput_optimized
-            ) as (
-                port,
-                procs,
-                info,
-            ):
-                return {"info": info, **self.levels("served", port, procs, payloads, modes)}
+        def served(name: str) -> dict:
+            config, direct = o.setup(name)
+            with served_target(bundle, cat.repo, work / f"{name}-{cat.name}", config, direct) as target:
+                port, procs, info = target
+                spread = tuple(info["ports"][1:])
+                return {"info": info, **self.levels(name, port, procs, payloads, modes, spread=spread)}
 
-        for name, run in (("floor", floor), ("baseline", baseline), ("served", served)):
-            if name not in o.targets:
-                continue
+        runs = {"floor": floor, "baseline": baseline}
+        for name in o.targets:
             try:
-                targets[name] = run()
+                targets[name] = runs[name]() if name in runs else served(name)
             except Exception as exc:  # one target failing must not lose the others' figures
                 targets[name] = {"error": f"{type(exc).__name__}: {exc}", "levels": []}
                 print(f"{name} failed: {targets[name]['error']}", file=sys.stderr)
@@ -206,7 +226,7 @@ def bench(opts: Options) -> Path:
         else catalogues.resolve(opts.catalogues)
     )
     n_modes = len(opts.concurrency) + len(opts.rates)
-    per_cat = ("floor" in opts.targets) + n_modes * sum(t in opts.targets for t in ("baseline", "served"))
+    per_cat = ("floor" in opts.targets) + n_modes * (("baseline" in opts.targets) + len(opts.served))
     report: dict[str, Any] = {
         "meta": {
             "timestamp": time.strftime("%Y%m%d-%H%M%S"),
@@ -219,8 +239,9 @@ def bench(opts: Options) -> Path:
             "concurrency": opts.concurrency,
             "open_rates": opts.rates,
             "client_processes": opts.client_processes,
-            "serve_config": str(opts.config),
-            "throughput_optimized": opts.throughput_optimized,
+            "setups": {
+                t: {"config": str(opts.setup(t)[0]), "direct_ingress": opts.setup(t)[1]} for t in opts.served
+            },
             "mix": vars(mix.MixSpec(debug_fraction=opts.debug_fraction)),
         },
         "catalogues": {},
@@ -268,11 +289,15 @@ def parse(argv: list[str]) -> Options:
     p.add_argument("--warmup", type=float, help="seconds of unrecorded load before each target")
     p.add_argument("--concurrency", default="1,4,16,64", help="closed-loop levels")
     p.add_argument("--rates", help="open-loop arrival rates, req/s ('' for none)")
-    p.add_argument("--targets", default="floor,baseline,served")
+    p.add_argument(
+        "--targets",
+        help=f"floor, baseline, served (--config), {', '.join(SETUPS)} (default: floor,baseline,colocated,"
+        "graph; with --config or --throughput-optimized: floor,baseline,served)",
+    )
     p.add_argument("--ceiling", help="closed-loop levels against the no-op ('' to skip)")
     p.add_argument("--client-processes", type=int, default=Options.client_processes)
     p.add_argument("--debug-fraction", type=float, default=0.05, help="requests sent with debug: true")
-    p.add_argument("--config", type=Path, default=ROOT / "cluster" / "serve_config.yaml")
+    p.add_argument("--config", type=Path, help="serve config of `served` (default cluster/serve_config.yaml)")
     p.add_argument(
         "--throughput-optimized",
         action="store_true",
@@ -281,6 +306,12 @@ def parse(argv: list[str]) -> Options:
     a = p.parse_args(argv)
     if bool(a.bundle) != bool(a.repo):
         p.error("--bundle and --repo go together")
+    custom = a.config is not None or a.throughput_optimized
+    default = "floor,baseline,served" if custom else "floor,baseline,colocated,graph"
+    targets = [t for t in (a.targets if a.targets is not None else default).split(",") if t]
+    if unknown := set(targets) - {*NOT_SERVED, "served", *SETUPS}:
+        known = ", ".join(["floor", "baseline", "served", *SETUPS])
+        p.error(f"unknown targets {sorted(unknown)}: choose from {known}")
     prof = PROFILES[a.profile or "quick"]
     return Options(
         profile=a.profile or "quick",
@@ -293,10 +324,10 @@ def parse(argv: list[str]) -> Options:
         # Ascending, so an overloading level comes last and its backlog cannot spill into a lighter one.
         concurrency=sorted(int(x) for x in _floats(a.concurrency)),
         rates=sorted(_floats(a.rates) if a.rates is not None else prof["rates"]),
-        targets=[t for t in a.targets.split(",") if t],
+        targets=targets,
         ceiling=[int(x) for x in _floats(a.ceiling)] if a.ceiling is not None else prof["ceiling"],
         client_processes=a.client_processes,
-        config=a.config.resolve(),
+        config=(a.config or Options.config).resolve(),
         throughput_optimized=a.throughput_optimized,
         debug_fraction=a.debug_fraction,
         command=shlex.join(["python", "-m", "loadtest.bench", *argv]),

@@ -32,6 +32,13 @@ class Level:
     drain_s: float = 5.0  # how long in-flight requests may finish after the window closes
     timeout_s: float = 10.0  # per request; the Serve proxy's own request_timeout_s is 10 s
     timeline: bool = False  # keep every request's (send time, latency, status, degraded): loadtest.chaos
+    # More ports of the same service (the ingress replicas' own, with direct ingress): closed-loop
+    # connections and open-loop requests go round-robin over port + these, as a load balancer would.
+    spread: tuple[int, ...] = ()
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.port, *self.spread)
 
 
 @dataclass
@@ -134,9 +141,10 @@ async def _one(conn: Conn, payload: Payload, t0: float, level: Level, tally: Tal
 
 
 async def _closed(level: Level, share: float, payloads: list[Payload], start_at: float, tally: Tally) -> None:
-    conns = [Conn(level.port) for _ in range(int(share))]
+    ports = level.ports
+    conns = [Conn(ports[i % len(ports)]) for i in range(int(share))]
     for c in conns:  # connect before the window so connection set-up is not counted as latency
-        c.reader, c.writer = await asyncio.open_connection("127.0.0.1", level.port)
+        c.reader, c.writer = await asyncio.open_connection("127.0.0.1", c.port)
     tally.connections = len(conns)
     await asyncio.sleep(max(0.0, start_at - time.time()))
     start = time.perf_counter()
@@ -166,7 +174,9 @@ async def _cancel(pending: set[asyncio.Task], tally: Tally) -> None:
 async def _open(
     level: Level, rate: float, payloads: list[Payload], start_at: float, tally: Tally, seed: int
 ) -> None:
-    idle: list[Conn] = []  # LIFO: reuse the warmest connection, open more only under real concurrency
+    # Per port, LIFO: reuse the warmest connection, open more only under real concurrency.
+    idle: dict[int, list[Conn]] = {port: [] for port in level.ports}
+    next_port = itertools.cycle(level.ports)
     cap = asyncio.Semaphore(512)
     rng = random.Random(seed)
     inflight: set[asyncio.Task] = set()
@@ -175,14 +185,15 @@ async def _open(
 
     async def one(t_sched: float, payload: Payload) -> None:
         async with cap:
-            if idle:
-                conn = idle.pop()
+            port = next(next_port)
+            if idle[port]:
+                conn = idle[port].pop()
             else:
-                conn = Conn(level.port)
+                conn = Conn(port)
                 opened.append(conn)
                 tally.connections += 1
             if await _one(conn, payload, t_sched, level, tally):
-                idle.append(conn)
+                idle[conn.port].append(conn)
 
     await asyncio.sleep(max(0.0, start_at - time.time()))
     start = time.perf_counter()

@@ -2,14 +2,16 @@
 
     python -m loadtest.freshness [--config cluster/serve_config.yaml] [--ttl 30] [--users 20]
                                  [--load 4] [--bundle artifacts/current] [--repo feature_repo]
+                                 [--throughput-optimized]
 
 For each of `--users` known users: ask for their top item, POST /events a view of it, then ask again
 every 10 ms until the item is gone (the seen filter has the event). The lag is the time from the
 202 to that answer; the POST's own latency is reported next to it. `--load N` keeps N closed-loop
 clients asking for other users' recommendations meanwhile. The app runs on a Ray head of its own
 (loadtest/targets.served_target) over a copy of the Feast repo, so the events reach no real store.
-`--ttl` overrides the config's user_features_cache_ttl_s: in the graph topology a Retriever's cached
-row hides a push until it expires (the colocated ingress drops its own on an event).
+`--ttl` overrides the config's user_features_cache_ttl_s. With `--throughput-optimized` and several
+ingress replicas (the colocated config, as `make run` starts it), the events go to one replica's own
+port and the answers are asked of another's: the lag of a replica that did not take the events.
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ def _load(base: str, users: list[int], stop: threading.Event, count: list[int]) 
             count[0] += 1
 
 
-def measure(base: str, users: list[int], others: list[int], load: int, timeout_s: float) -> dict:
+def measure(
+    base: str, users: list[int], others: list[int], load: int, timeout_s: float, post_base: str | None = None
+) -> dict:
+    """`post_base`: where the events go, when not to `base` (another ingress replica)."""
     stop, count = threading.Event(), [0]
     threads = [threading.Thread(target=_load, args=(base, others[i::load], stop, count)) for i in range(load)]
     for t in threads:
@@ -68,7 +73,10 @@ def measure(base: str, users: list[int], others: list[int], load: int, timeout_s
     posts, lags, missed = [], [], 0
     started = time.monotonic()
     try:
-        with httpx.Client(base_url=base, timeout=30) as client:
+        with (
+            httpx.Client(base_url=base, timeout=30) as client,
+            httpx.Client(base_url=post_base or base, timeout=30) as poster,
+        ):
             for user in users:
                 item = _top(client, user)  # also puts the user's row in the readers' caches
                 event = {
@@ -79,7 +87,7 @@ def measure(base: str, users: list[int], others: list[int], load: int, timeout_s
                     "timestamp": datetime.now(UTC).isoformat(),
                 }
                 sent = time.perf_counter()
-                response = client.post("/events", json={"events": [event]})
+                response = poster.post("/events", json={"events": [event]})
                 accepted = time.perf_counter()
                 if response.status_code != 202:
                     raise RuntimeError(f"POST /events answered {response.status_code}: {response.text}")
@@ -113,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=40.0, help="give up on one event after this long")
     p.add_argument("--bundle", type=Path, default=Path("artifacts/current"))
     p.add_argument("--repo", type=Path, default=Path("feature_repo"))
+    p.add_argument("--throughput-optimized", action="store_true", help="direct ingress (make run's)")
     args = p.parse_args(argv)
     bundle = args.bundle.resolve()
     known = load_bundle(bundle, ()).manifest  # checked before a cluster is started
@@ -127,10 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.ttl is not None:
             config["applications"][0]["args"]["user_features_cache_ttl_s"] = args.ttl
         (work / "serve_config.yaml").write_text(yaml.safe_dump(config))
-        with served_target(bundle, repo, work, work / "serve_config.yaml") as (port, _, _):
-            result = measure(f"http://127.0.0.1:{port}", users, others, args.load, args.timeout)
+        direct = args.throughput_optimized
+        with served_target(bundle, repo, work, work / "serve_config.yaml", direct) as (_, _, info):
+            ports = info["ports"]
+            base, post_base = (f"http://127.0.0.1:{p}" for p in (ports[-1], ports[0]))
+            result = measure(base, users, others, args.load, args.timeout, post_base)
     ttl = config["applications"][0]["args"].get("user_features_cache_ttl_s")
-    print(json.dumps({"bundle": known["version"], "config": str(args.config), "ttl_s": ttl, **result}))
+    where = "another ingress replica" if len(ports) > 1 else "the same ingress"
+    out = {"bundle": known["version"], "config": str(args.config), "ttl_s": ttl, "answers_from": where}
+    print(json.dumps({**out, **result}))
     return 0
 
 

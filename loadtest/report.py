@@ -9,8 +9,17 @@ from typing import Any
 
 P99_SLO_MS = 50.0
 MAX_ERROR_RATE = 0.01  # a level that sheds more than 1% of requests does not count as "served"
-TARGETS = ("floor", "baseline", "served")
-COLORS = {"floor": "tab:green", "baseline": "tab:blue", "served": "tab:red", "noop": "tab:gray"}
+NOT_SERVED = ("floor", "baseline", "noop")
+COLORS = {
+    "floor": "tab:green",
+    "baseline": "tab:blue",
+    "served": "tab:red",
+    "colocated": "tab:red",
+    "graph": "tab:purple",
+    "graph-proxy": "tab:brown",
+    "colocated-proxy": "tab:orange",
+    "noop": "tab:gray",
+}
 
 
 def _level(levels: list[dict], mode: str, value: float) -> dict | None:
@@ -29,26 +38,27 @@ def max_throughput_at_slo(levels: list[dict], slo_ms: float = P99_SLO_MS) -> flo
     return max(ok) if ok else None
 
 
-def ratios(targets: dict[str, dict]) -> dict[str, Any]:
+def ratios(targets: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """Per served target: its p50 at c=1 over the floor's, and its max throughput at the p99 SLO over
+    the single-process baseline's (the issue's yardsticks)."""
     levels = {name: t.get("levels", []) for name, t in targets.items()}
-    served_c1 = _level(levels.get("served", []), "closed", 1)
     floor_c1 = _level(levels.get("floor", []), "closed", 1)
-    p50 = (
-        (served_c1 or {}).get("latency_ms", {}).get("p50"),
-        (floor_c1 or {}).get("latency_ms", {}).get("p50"),
-    )
-    served_max = max_throughput_at_slo(levels.get("served", []))
+    floor_p50 = (floor_c1 or {}).get("latency_ms", {}).get("p50")
     base_max = max_throughput_at_slo(levels.get("baseline", []))
-    return {
-        "served_p50_over_floor_p50_c1": round(p50[0] / p50[1], 2) if all(p50) else None,
-        "served_p50_c1_ms": p50[0],
-        "floor_p50_c1_ms": p50[1],
-        "served_max_rps_at_p99_50ms_over_baseline": round(served_max / base_max, 3)
-        if served_max and base_max
-        else None,
-        "served_max_rps_at_p99_50ms": served_max,
-        "baseline_max_rps_at_p99_50ms": base_max,
-    }
+    out: dict[str, dict[str, Any]] = {}
+    for name in (n for n in targets if n not in NOT_SERVED):
+        c1 = _level(levels[name], "closed", 1)
+        p50 = (c1 or {}).get("latency_ms", {}).get("p50")
+        top = max_throughput_at_slo(levels[name])
+        out[name] = {
+            "p50_over_floor_p50_c1": round(p50 / floor_p50, 2) if p50 and floor_p50 else None,
+            "p50_c1_ms": p50,
+            "floor_p50_c1_ms": floor_p50,
+            "max_rps_at_p99_50ms_over_baseline": round(top / base_max, 3) if top and base_max else None,
+            "max_rps_at_p99_50ms": top,
+            "baseline_max_rps_at_p99_50ms": base_max,
+        }
+    return out
 
 
 def plot(report: dict, path: Path) -> None:
@@ -81,7 +91,7 @@ def plot(report: dict, path: Path) -> None:
             ax.text(0.5, 0.5, "no target answered (see summary.md)", ha="center", transform=ax.transAxes)
         ax.set_title(f"{name} ({cat.get('n_items') or 0:,} items)")
         ax.grid(True, which="both", alpha=0.3)
-        handles = [Line2D([], [], color=COLORS[t], label=t) for t in TARGETS if t in cat["targets"]]
+        handles = [Line2D([], [], color=COLORS.get(t), label=t) for t in cat["targets"]]
         handles += [
             Line2D([], [], color="gray", linestyle="-", label="p50"),
             Line2D([], [], color="gray", linestyle="--", label="p99"),
@@ -147,33 +157,40 @@ def summary(report: dict) -> str:
             )
         out.append("")
     for name, cat in report["catalogues"].items():
-        r = cat.get("ratios", {})
         out += [
             f"## Catalogue `{name}` ({cat.get('n_items', '?'):,} items, bundle {cat.get('bundle_version')})",
             "",
-            f"- **served p50 / floor p50 at c=1: {_fmt(r.get('served_p50_over_floor_p50_c1'), 2)}** "
-            f"({_fmt(r.get('served_p50_c1_ms'), 2)} ms / {_fmt(r.get('floor_p50_c1_ms'), 2)} ms)",
-            f"- **served / single-process max throughput at p99 <= {P99_SLO_MS:g} ms: "
-            f"{_fmt(r.get('served_max_rps_at_p99_50ms_over_baseline'), 3)}** "
-            f"({_fmt(r.get('served_max_rps_at_p99_50ms'))} / "
-            f"{_fmt(r.get('baseline_max_rps_at_p99_50ms'))} req/s; levels with > 1% errors do not count)",
         ]
-        info = cat["targets"].get("served", {}).get("info")
-        if info:
-            out.append(
-                f"- served start-up: /healthz 200 after {info.get('healthy_s')} s, first ranked answer after "
-                f"{info['startup_s']} s (head start + deploy + every stage ready)"
-            )
+        for target, r in cat.get("ratios", {}).items():
+            info = cat["targets"].get(target, {}).get("info") or {}
+            how = "direct ingress" if info.get("throughput_optimized") else "via the proxy"
+            out += [
+                f"- **{target}** (`{Path(info.get('config', '?')).name}`, {how}, "
+                f"{len(info.get('ports', [])) or '?'} ingress port(s)): "
+                f"**p50 / floor p50 at c=1: {_fmt(r['p50_over_floor_p50_c1'], 2)}** "
+                f"({_fmt(r['p50_c1_ms'], 2)} ms / {_fmt(r['floor_p50_c1_ms'], 2)} ms); "
+                f"**max throughput at p99 <= {P99_SLO_MS:g} ms / single-process baseline's: "
+                f"{_fmt(r['max_rps_at_p99_50ms_over_baseline'], 3)}** "
+                f"({_fmt(r['max_rps_at_p99_50ms'])} / {_fmt(r['baseline_max_rps_at_p99_50ms'])} req/s; "
+                "levels with > 1% errors do not count)",
+            ]
+            if info:
+                out.append(
+                    f"  - start-up: /healthz 200 after {info.get('healthy_s')} s, first ranked answer after "
+                    f"{info['startup_s']} s (head start + deploy + every stage ready)"
+                )
         for target, data in cat["targets"].items():
             if idle := data.get("idle"):
                 roles = ", ".join(
-                    f"{k} {v['n']}x {v['rss_mib']:.0f}" for k, v in idle.get("process_groups", {}).items()
+                    f"{k} {v['n']}x {v['rss_mib']:.0f}/{v.get('pss_mib', 0):.0f}"
+                    for k, v in idle.get("process_groups", {}).items()
                 )
                 after = data.get("idle_after", {}).get("cpu_pct")
                 out.append(
                     f"- {target} with no traffic: CPU {idle['cpu_pct']}% before the levels, {_fmt(after)}% "
-                    f"after; RSS {idle['rss_mib']:.0f} MiB in {idle['processes']} processes"
-                    + (f" (MiB: {roles})" if idle["processes"] > 1 else "")
+                    f"after; RSS {idle['rss_mib']:.0f} MiB, PSS {_fmt(idle.get('pss_mib'), 0)} MiB in "
+                    f"{idle['processes']} processes"
+                    + (f" (RSS/PSS MiB: {roles})" if idle["processes"] > 1 else "")
                 )
         out += [
             "",
@@ -205,8 +222,11 @@ def summary(report: dict) -> str:
             out += ["", "Server-reported stage timings, p50 ms (debug-sampled requests):", ""]
             out += [f"- {s}" for s in stages]
         roles = [
-            f"{_label(lv)}: " + ", ".join(f"{k} {v['cpu_pct']:.0f}" for k, v in _busiest(lv["server"]))
-            for lv in cat["targets"].get("served", {}).get("levels", [])
+            f"{target} {_label(lv)}: "
+            + ", ".join(f"{k} {v['cpu_pct']:.0f}" for k, v in _busiest(lv["server"]))
+            for target, data in cat["targets"].items()
+            if target not in NOT_SERVED
+            for lv in data.get("levels", [])
             if lv["mode"] == "closed" and lv["server"].get("process_groups")
         ]
         if roles:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import threading
 import time
@@ -111,6 +112,7 @@ class ProcMonitor:
         self._rss_peak = 0.0
         self._rss: dict[int, float] = {}
         self._names: dict[int, str] = {}
+        self._pss: dict[int, float] = {}
 
     def _sample(self) -> float:
         rss: dict[int, float] = {}
@@ -145,24 +147,39 @@ class ProcMonitor:
             self._thread.join()
         self.rss_end = self._sample()
         self.elapsed = time.perf_counter() - self._t0
+        self._pss = _pss(self.procs())
 
     def result(self) -> dict[str, Any]:
         cpu_by_pid = {pid: v - self._cpu.get(pid, 0.0) for pid, v in self._last.items()}
         cpu = sum(cpu_by_pid.values())
         groups: dict[str, dict[str, float]] = {}
         for pid in self._last:  # per role: which Ray process the CPU and memory go to
-            g = groups.setdefault(self._names.get(pid, "?"), {"n": 0, "rss_mib": 0.0, "cpu_pct": 0.0})
+            g = groups.setdefault(
+                self._names.get(pid, "?"), {"n": 0, "rss_mib": 0.0, "pss_mib": 0.0, "cpu_pct": 0.0}
+            )
             g["n"] += pid in self._rss  # live at the end
             g["rss_mib"] = round(g["rss_mib"] + self._rss.get(pid, 0) / 2**20, 1)
+            g["pss_mib"] = round(g["pss_mib"] + self._pss.get(pid, 0) / 2**20, 1)
             g["cpu_pct"] = round(g["cpu_pct"] + 100 * cpu_by_pid[pid] / self.elapsed, 1)
         return {
             # RSS sums double-count shared pages (Ray's object store, shared libraries): an upper bound.
             "cpu_pct": round(100 * cpu / self.elapsed, 1),
             "rss_mib": round(self.rss_end / 2**20, 1),
             "rss_peak_mib": round(self._rss_peak / 2**20, 1),
+            # PSS shares each page among the processes that map it: what the set really occupies.
+            "pss_mib": round(sum(self._pss.values()) / 2**20, 1),
             "processes": len(self._rss),
             "process_groups": dict(sorted(groups.items())),
         }
+
+
+def _pss(procs: list[psutil.Process]) -> dict[int, float]:
+    """Proportional set size per pid (reads /proc/<pid>/smaps_rollup: once per window, not per sample)."""
+    out: dict[int, float] = {}
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+            out[p.pid] = p.memory_full_info().pss
+    return out
 
 
 def tree(pid: int) -> Callable[[], list[psutil.Process]]:

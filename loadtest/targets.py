@@ -92,8 +92,9 @@ def served_target(
 ) -> Iterator[tuple[int, Callable, dict[str, Any]]]:
     """A Ray head of our own with the app deployed from `config`; yields (port, processes, info).
 
-    With `throughput_optimized` the port is the ingress replica's own (direct ingress), found where
-    Serve publishes it for clients (`target_groups`), instead of the proxy's. With `nodes=2`, a worker
+    With `throughput_optimized` the port is an ingress replica's own (direct ingress), found where
+    Serve publishes it for clients (`target_groups`), instead of the proxy's; info["ports"] has every
+    ingress replica's, for a client that spreads its load as a load balancer would. With `nodes=2`, a worker
     node beside the head runs the stages, as `make run NODES=2` starts it (serve_app/worker_node.py).
     """
     from serve_app import local_cluster, worker_node
@@ -111,9 +112,10 @@ def served_target(
     try:
         (worker_node.deploy if nodes == 2 else local_cluster.deploy)(state, config, http_port=port)
         local_cluster.wait_healthy(f"http://127.0.0.1:{port}", state, timeout_s=300)
-        proxy_port = port
+        proxy_port, ports = port, [port]
         if throughput_optimized:
-            port = _direct_ingress_port(state, proxy_port=port)
+            ports = _direct_ingress_ports(state, proxy_port, ingress_replicas(config))
+            port = ports[0]
         healthy_s = time.monotonic() - started
         version = httpx.get(f"http://127.0.0.1:{port}/version", timeout=10).json()
         if Path(version["bundle_path"]).resolve() != bundle.resolve():
@@ -126,6 +128,7 @@ def served_target(
             "config": str(config),
             "throughput_optimized": throughput_optimized,
             "port": port,
+            "ports": ports,
             "proxy_port": proxy_port,
             "nodes": nodes,
         }
@@ -142,15 +145,30 @@ def served_target(
                 Path(state["temp_dir"] + suffix).unlink(missing_ok=True)
 
 
-def _direct_ingress_port(state: dict, proxy_port: int, timeout_s: float = 60) -> int:
+def ingress_replicas(config: Path) -> int:
+    """How many Ingress replicas `config` starts with (num_replicas, or autoscaling's minimum)."""
+    import yaml
+
+    for dep in yaml.safe_load(config.read_text())["applications"][0].get("deployments", []):
+        if dep.get("name") == "Ingress":
+            auto = dep.get("autoscaling_config")
+            return int(auto.get("min_replicas", 1) if auto else dep.get("num_replicas", 1))
+    return 1
+
+
+def _direct_ingress_ports(state: dict, proxy_port: int, want: int, timeout_s: float = 60) -> list[int]:
+    """The ingress replicas' own ports, once Serve publishes `want` of them."""
     from serve_app import local_cluster
 
     deadline = time.monotonic() + timeout_s
+    direct: list[int] = []
     while time.monotonic() < deadline:
-        direct = [p for p in local_cluster.http_ports(state) if p != proxy_port]
-        if direct:
-            return direct[0]
+        direct = sorted(p for p in local_cluster.http_ports(state) if p != proxy_port)
+        if len(direct) >= want:
+            return direct
         time.sleep(1)
+    if direct:
+        return direct
     raise RuntimeError("Serve published no direct-ingress HTTP target (RAY_SERVE_THROUGHPUT_OPTIMIZED=1)")
 
 

@@ -82,10 +82,15 @@ def main(argv: list[str] | None = None) -> int:
             state, config, redis_address=redis.address if redis else None
         )
         wait_healthy(f"http://127.0.0.1:{port}", state)
-        base = f"http://127.0.0.1:{port}"
-        if args.throughput_optimized:  # prefer the ingress's own port: it skips the proxy hop
-            direct = [p for p in http_ports(state) if p != port]
-            base = f"http://127.0.0.1:{direct[0]}" if direct else base
+        base, where = f"http://127.0.0.1:{port}", f"proxy: http://127.0.0.1:{port}"
+        if args.throughput_optimized:  # prefer the ingresses' own ports: they skip the proxy hop
+            direct = sorted(p for p in http_ports(state) if p != port)
+            if direct:
+                base = f"http://127.0.0.1:{direct[0]}"
+                where = (
+                    f"each Ingress replica's own port: {', '.join(map(str, direct))}; spread load over them "
+                    f"or use the proxy, http://127.0.0.1:{port}, which does"
+                )
         prometheus_line = _maybe_prometheus(state, args.prometheus)
     except Exception:
         stop()
@@ -105,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             + "."
         )
     print(f"""
-The recommender is up on {base} (proxy: http://127.0.0.1:{port}; Ray dashboard: {state["dashboard"]};
-online store: {store}).{nodes}
+The recommender is up on {base} ({where});
+Ray dashboard: {state["dashboard"]}; online store: {store}.{nodes}
 Try:
   curl -s -X POST {base}/recommend -H 'Content-Type: application/json' \\
        -d '{{"user_id": 1, "k": 5}}'

@@ -22,6 +22,8 @@ PERCENTILES = {"p50", "p95", "p99", "p99_9"}
 
 @pytest.mark.timeout(300)
 def test_bench_writes_json_png_and_summary_for_all_three_targets(built, tmp_path: Path) -> None:
+    """floor, baseline, and what `make run` starts: the colocated config's two Ingress replicas with
+    direct ingress, the client spreading its connections over both replicas' own ports."""
     out = tmp_path / "reports"
     cmd = [
         sys.executable,
@@ -45,6 +47,8 @@ def test_bench_writes_json_png_and_summary_for_all_three_targets(built, tmp_path
         "4",
         "--debug-fraction",
         "0.5",  # enough debug-sampled answers in 1.5 s to aggregate stage timings
+        "--targets",
+        "floor,baseline,colocated",
     ]
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     env["FEAST_DISABLE_USAGE"] = "1"
@@ -68,7 +72,7 @@ def test_bench_writes_json_png_and_summary_for_all_three_targets(built, tmp_path
 
     cat = report["catalogues"]["custom"]
     assert Path(cat["bundle"]) == built.bundle.resolve()
-    for target in ("floor", "baseline", "served"):
+    for target in ("floor", "baseline", "colocated"):
         data = cat["targets"][target]
         assert "error" not in data, data.get("error")
         assert data["levels"], target
@@ -79,17 +83,23 @@ def test_bench_writes_json_png_and_summary_for_all_three_targets(built, tmp_path
             assert "cpu_pct" in level["client"]
         c1 = next(lv for lv in data["levels"] if lv["mode"] == "closed" and lv["value"] == 1)
         assert c1["ok"] > 0 and c1["latency_ms"]["p50"] > 0
-    served = cat["targets"]["served"]
+    served = cat["targets"]["colocated"]
     assert served["info"]["version"]["bundle_path"] == str(built.bundle.resolve())
+    assert served["info"]["throughput_optimized"] and served["info"]["config"].endswith("colocated.yaml")
+    assert len(set(served["info"]["ports"])) == 2  # both Ingress replicas' own ports
     assert served["idle"]["processes"] > 1  # the whole Ray head's process tree, not one process
+    assert 0 < served["idle"]["pss_mib"] < served["idle"]["rss_mib"]  # shared pages counted once
+    ingress = served["idle"]["process_groups"]["Ingress"]
+    assert ingress["n"] == 2 and ingress["pss_mib"] > 0
     assert [lv["mode"] for lv in served["levels"]] == ["closed", "closed", "open"]
     assert any(lv["stage_timings_ms"] for lv in served["levels"])
 
-    ratios = cat["ratios"]
-    assert {"served_p50_over_floor_p50_c1", "served_max_rps_at_p99_50ms_over_baseline"} <= set(ratios)
-    assert ratios["served_p50_over_floor_p50_c1"] > 0
+    ratios = cat["ratios"]["colocated"]
+    assert {"p50_over_floor_p50_c1", "max_rps_at_p99_50ms_over_baseline"} <= set(ratios)
+    assert ratios["p50_over_floor_p50_c1"] > 0
 
     summary = (latest / "summary.md").read_text()
-    assert "served p50 / floor p50 at c=1" in summary
+    assert "**colocated** (`serve_config.colocated.yaml`, direct ingress, 2 ingress port(s))" in summary
+    assert "p50 / floor p50 at c=1" in summary
     assert "max throughput at p99 <= 50 ms" in summary
-    assert "| served | c=1 |" in summary
+    assert "| colocated | c=1 |" in summary
