@@ -16,6 +16,7 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.admission import admission_for
 from serve_app.brownout import BrownoutFlow
 from serve_app.bundle import load_bundle
+from serve_app.coalesce import CoalescedStages
 from serve_app.config import AppArgs, ServingSettings, resolve_path
 from serve_app.deployments import EventWriter, Ranker, Retriever, open_reader
 from serve_app.errors import RETRY_AFTER_S, DependencyError, NotReady, Overloaded, RecsysError
@@ -97,6 +98,7 @@ class Ingress:
         self.exposure_of: tuple[str, int] | None = None  # (bundle version, window) the gauges watch
         api.state.on_error = self.refused  # every error answer, 4xx and 503, is counted
         self.reader = None
+        self.coalesced: CoalescedStages | None = None
         self.event_writer = event_writer
         self.recently_pushed = RecentlyPushed(base.user_features_cache_ttl_s)
         self.stage_handles: dict[str, DeploymentHandle] = {}
@@ -104,8 +106,12 @@ class Ingress:
             if retriever is None or ranker is None:
                 raise ValueError("the graph topology needs the Retriever and Ranker handles")
             self.state = ServingState(base, parts=("history",))
-            stages = Stages(retriever.retrieve.remote, ranker.rank.remote)
             self.stage_handles = {"retriever": retriever, "ranker": ranker}
+            if base.ingress_batch_size > 1:  # one handle call per batch of requests (coalesce.py)
+                self.coalesced = CoalescedStages(retriever, ranker, base.ingress_batch_size)
+                stages = self.coalesced.stages()
+            else:
+                stages = Stages(retriever.retrieve.remote, ranker.rank.remote)
         else:
             if feature_repo is None:
                 raise ValueError("the colocated topology needs a feature_repo")
@@ -126,6 +132,8 @@ class Ingress:
         if self.reader is not None:
             self.reader.configure(settings)
         self.recently_pushed.ttl_s = settings.user_features_cache_ttl_s
+        if self.coalesced is not None:
+            self.coalesced.configure(settings.ingress_batch_size)
         bundle = self.state.current.bundle
         if (bundle.version, settings.admission, settings.admission_tolerance) != self.admission_of:
             self.admission = admission_for(settings)  # a new bundle has its own unloaded latency

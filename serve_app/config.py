@@ -54,6 +54,13 @@ class ServingSettings(Strict):
     blocked_item_ids: tuple[int, ...] = Field((), description="business rule: never recommend these")
     max_batch_size: int = Field(16, ge=1, le=1_024, description="Retriever and Ranker @serve.batch size")
     batch_wait_timeout_s: float = Field(0.001, ge=0, le=1, description="@serve.batch wait for a full batch")
+    ingress_batch_size: int = Field(
+        1,
+        ge=1,
+        le=1_024,
+        description="graph: up to this many concurrent requests' stage calls leave an ingress as one handle "
+        "call (coalesce.py); 1: a call per request",
+    )
     admission: Literal["adaptive", "unlimited"] = Field(
         "unlimited", description="adaptive: a learnt limit on requests in flight per ingress (admission.py)"
     )

@@ -120,6 +120,13 @@ class Retriever(_BundleStage):
     async def retrieve(
         self, user_id: list[int], n: list[int], exclude: list[tuple[int, ...]], refresh: list[bool]
     ) -> list[Retrieved]:
+        return await self.retrieve_many(user_id, n, exclude, refresh)
+
+    async def retrieve_many(
+        self, user_id: list[int], n: list[int], exclude: list[tuple[int, ...]], refresh: list[bool]
+    ) -> list[Retrieved]:
+        """A batch as one call: what `retrieve` batches here, or what an ingress batched already
+        (serve_app/coalesce.py)."""
         self.batch_sizes.observe(user_id)
         reads = await self.reader.aget_many(user_id, refresh)
         main = self.state.current
@@ -151,6 +158,10 @@ class Ranker(_BundleStage):
         batch_wait_timeout_s=SERVING_DEFAULTS.batch_wait_timeout_s,
     )
     async def rank(self, retrieved: list[Retrieved]) -> list[Scored]:
+        return self.rank_many(retrieved)
+
+    def rank_many(self, retrieved: list[Retrieved]) -> list[Scored]:
+        """A batch as one call (see Retriever.retrieve_many)."""
         self.batch_sizes.observe(retrieved)
         # Candidates are ranked by the bundle that retrieved them (a canary's by the canary's model);
         # none held here: retrieval order, degraded (never one model's candidates by another's ranker).

@@ -119,7 +119,8 @@ def local_stages(
 
     def rank(retrieved: Awaitable[Retrieved]) -> asyncio.Future:
         async def run() -> Scored:
-            got = await retrieved  # ranked by the bundle that retrieved it (one arm of a canary)
+            # Shielded, as the flow's fallback awaits the retrieval again if the deadline cancels this.
+            got = await asyncio.shield(retrieved)  # ranked by the bundle that retrieved it (one arm)
             served = state.for_version(got.candidates.bundle_version)
             if served is None:  # a reconfigure swapped it out in between: not another model's ranker
                 return fallback.unranked(got.candidates, state.current.bundle.version)

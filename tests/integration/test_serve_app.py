@@ -251,6 +251,36 @@ def test_colocated_topology_answers_like_the_graph(served, built):
         serve.delete("colocated")
 
 
+def test_coalesced_stage_calls_answer_like_one_call_per_request(served, built):
+    """ingress_batch_size 16: concurrent requests leave the ingress as batched handle calls
+    (serve_app/coalesce.py); each still gets exactly its own answer, fallbacks included."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from serve_app.app import AppArgs, build_app
+
+    client, args = served
+    # A store read may take its time here (12 at once on a loaded CI machine): this is about batching.
+    coalesced = AppArgs(**{**args.model_dump(), "ingress_batch_size": 16, "user_features_timeout_ms": 2000})
+    serve.run(build_app(coalesced), name="coalesced", route_prefix="/coalesced")
+    try:
+        users = [*known_users(built, 24), 987_654_321]
+        bodies = [{"user_id": u, "k": 10, "exclude_item_ids": [u % 50] if u % 3 == 0 else []} for u in users]
+        one_by_one = [client.post("/recommend", json=b).json() for b in bodies]
+        with ThreadPoolExecutor(12) as pool:  # concurrent, so the ingress has batches to form
+            batched = list(pool.map(lambda b: client.post("/coalesced/recommend", json=b).json(), bodies))
+        compared = 0
+        for one, got in zip(one_by_one, batched, strict=True):
+            assert got["user_id"] == one["user_id"] and not got["degraded"], got
+            if not one["degraded"]:  # the reference's own store read may miss its 50 ms deadline
+                assert got["items"] == one["items"] and got["fallback"] == one["fallback"]
+                compared += 1
+        assert compared >= 20
+    finally:
+        serve.delete("coalesced")
+
+
 def test_bad_bundle_is_refused_at_deploy_and_the_old_one_keeps_serving(served, built, tmp_path):
     from serve_app.app import AppArgs, build_app
 

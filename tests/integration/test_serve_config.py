@@ -48,7 +48,8 @@ def test_colocated_config_matches_serves_schema():
     # Colocated runs no stage deployments (naming one here would fail the deploy); the EventWriter
     # takes POST /events in both topologies.
     assert [d.name for d in app.deployments] == ["Ingress", "EventWriter"]
-    assert app.deployments[0].autoscaling_config["max_replicas"] >= 1
+    # Two Ingress replicas, fixed: both cores, no single point of failure (README "Topologies").
+    assert app.deployments[0].num_replicas == 2
 
 
 def test_unknown_app_arg_is_rejected():

@@ -1,0 +1,64 @@
+"""The graph's stage calls coalesced at the ingress: one handle call per batch of requests, not per request.
+
+A handle call costs the ingress, the router and the stage's replica about as much CPU as the stage's
+work itself (README "Topologies"). Under concurrency, the requests an ingress has in flight at once
+ask the Retriever and then the Ranker the same kind of question; Serve's `@serve.batch`, here on the
+caller's side, gathers them and sends each batch as one call (`retrieve_many`, `rank_many`), so a hop
+is paid once per batch. Alone, a request goes at once (`wait_s` 0: no batch is waited for; whatever
+queued while the previous call was out forms the next). A failing or overloaded call fails each
+request of its batch, which falls back or is refused as it would have alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.request_flow import Stages
+from serve_app.stages.retrieve import Retrieved
+from serve_app.stages.scored import Scored
+
+CONCURRENT_CALLS = 4  # batches out at once per stage: a slow one does not hold up the next
+
+
+class CoalescedStages:
+    """`Stages` over the Retriever and Ranker handles, calls gathered into batches of `max_batch`."""
+
+    def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, max_batch: int) -> None:
+        self.retriever, self.ranker, self.max_batch = retriever, ranker, max_batch
+        batch = serve.batch(
+            max_batch_size=max_batch, batch_wait_timeout_s=0.0, max_concurrent_batches=CONCURRENT_CALLS
+        )
+        # Decorated per instance: each ingress gathers its own requests.
+        self._retrieve = batch(self._retrieve_many)
+        self._rank = batch(self._rank_many)
+
+    def configure(self, max_batch: int) -> None:
+        if max_batch != self.max_batch:
+            for method in (self._retrieve, self._rank):
+                method.set_max_batch_size(max_batch)
+            self.max_batch = max_batch
+
+    async def _retrieve_many(
+        self, user_id: list[int], n: list[int], exclude: list[tuple[int, ...]], refresh: list[bool]
+    ) -> list[Retrieved]:
+        return await self.retriever.retrieve_many.remote(user_id, n, exclude, refresh)
+
+    async def _rank_many(self, retrieved: list[Retrieved]) -> list[Scored]:
+        return await self.ranker.rank_many.remote(retrieved)
+
+    def stages(self) -> Stages:
+        def retrieve(user_id: int, n: int, exclude: tuple[int, ...], refresh: bool = False) -> asyncio.Future:
+            return asyncio.ensure_future(self._retrieve(user_id, n, exclude, refresh))
+
+        def rank(retrieved: asyncio.Future) -> asyncio.Future:
+            async def run() -> Scored:
+                # Shielded: when the deadline cancels the ranking, the retrieval must live on for the
+                # flow's fallback, which awaits it next (a cancelled one would raise CancelledError).
+                return await self._rank(await asyncio.shield(retrieved))
+
+            return asyncio.ensure_future(run())
+
+        return Stages(retrieve, rank)
