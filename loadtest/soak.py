@@ -58,17 +58,18 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         served_target(inputs.bundle, inputs.repo, inputs.work, inputs.config, opts.throughput_optimized) as (
             port,
             procs,
-            _,
+            info,
         ),
         LoadClient(2) as client,
     ):
         payloads = inputs.payloads
+        spread = tuple(info["ports"][1:])  # direct ingress: every Ingress replica's own port
         if opts.rate is None:
-            report["capacity_rps"], opts.rate = half_capacity(client, port, payloads)
+            report["capacity_rps"], opts.rate = half_capacity(client, port, payloads, spread)
         report["rate_rps"] = opts.rate
         for minute in range(opts.minutes):
             tallies = client.run(
-                Level("open", opts.rate, opts.window, port, drain_s=3.0), payloads, seed=minute
+                Level("open", opts.rate, opts.window, port, drain_s=3.0, spread=spread), payloads, seed=minute
             )
             level = merge(tallies, opts.window)
             window = {

@@ -277,9 +277,13 @@ def run_inputs(opts: Any, n_requests: int) -> RunInputs:
     return RunInputs(bundle, opts.repo.resolve(), opts.config.resolve(), work, payloads)
 
 
-def half_capacity(client: Any, port: int, payloads: list) -> tuple[float, float]:
-    """(capacity, half of it): what a closed loop of 16 connections gets through in 5 s."""
+def half_capacity(
+    client: Any, port: int, payloads: list, spread: tuple[int, ...] = ()
+) -> tuple[float, float]:
+    """(capacity, half of it): what a closed loop of 16 connections (over `port` and `spread`) gets
+    through in 5 s."""
     from loadtest.client import Level
 
-    capacity = merge(client.run(Level("closed", 16, 5.0, port, drain_s=3.0), payloads), 5.0)["throughput_rps"]
+    level = Level("closed", 16, 5.0, port, drain_s=3.0, spread=spread)
+    capacity = merge(client.run(level, payloads), 5.0)["throughput_rps"]
     return capacity, max(1.0, round(capacity / 2, 1))
