@@ -108,7 +108,9 @@ class Ingress:
             self.state = ServingState(base, parts=("history",))
             self.stage_handles = {"retriever": retriever, "ranker": ranker}
             if base.ingress_batch_size > 1:  # one handle call per batch of requests (coalesce.py)
-                self.coalesced = CoalescedStages(retriever, ranker, base.ingress_batch_size)
+                self.coalesced = CoalescedStages(
+                    retriever, ranker, base.ingress_batch_size, base.request_timeout_s
+                )
                 stages = self.coalesced.stages()
             else:
                 stages = Stages(retriever.retrieve.remote, ranker.rank.remote)
@@ -133,7 +135,7 @@ class Ingress:
             self.reader.configure(settings)
         self.recently_pushed.ttl_s = settings.user_features_cache_ttl_s
         if self.coalesced is not None:
-            self.coalesced.configure(settings.ingress_batch_size)
+            self.coalesced.configure(settings.ingress_batch_size, settings.request_timeout_s)
         bundle = self.state.current.bundle
         if (bundle.version, settings.admission, settings.admission_tolerance) != self.admission_of:
             self.admission = admission_for(settings)  # a new bundle has its own unloaded latency

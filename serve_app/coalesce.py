@@ -12,10 +12,12 @@ request of its batch, which falls back or is refused as it would have alone.
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.deadlines import deadline_in, unless_expired
 from serve_app.request_flow import Stages
 from serve_app.stages.retrieve import Retrieved
 from serve_app.stages.scored import Scored
@@ -24,40 +26,64 @@ CONCURRENT_CALLS = 4  # batches out at once per stage: a slow one does not hold 
 
 
 class CoalescedStages:
-    """`Stages` over the Retriever and Ranker handles, calls gathered into batches of `max_batch`."""
+    """`Stages` over the Retriever and Ranker handles, calls gathered into batches of `max_batch`; each
+    request's deadline (`timeout_s` from its start) travels with it, and a stage drops it once past."""
 
-    def __init__(self, retriever: DeploymentHandle, ranker: DeploymentHandle, max_batch: int) -> None:
+    def __init__(
+        self, retriever: DeploymentHandle, ranker: DeploymentHandle, max_batch: int, timeout_s: float
+    ) -> None:
         self.retriever, self.ranker, self.max_batch = retriever, ranker, max_batch
+        self.timeout_s = timeout_s
         batch = serve.batch(
             max_batch_size=max_batch, batch_wait_timeout_s=0.0, max_concurrent_batches=CONCURRENT_CALLS
         )
         # Decorated per instance: each ingress gathers its own requests.
         self._retrieve = batch(self._retrieve_many)
         self._rank = batch(self._rank_many)
+        # The deadline of each retrieval in flight, for its ranking (a task holds no attributes).
+        self._deadline_of: weakref.WeakKeyDictionary[asyncio.Future, float] = weakref.WeakKeyDictionary()
 
-    def configure(self, max_batch: int) -> None:
+    def configure(self, max_batch: int, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
         if max_batch != self.max_batch:
             for method in (self._retrieve, self._rank):
                 method.set_max_batch_size(max_batch)
             self.max_batch = max_batch
 
     async def _retrieve_many(
-        self, user_id: list[int], n: list[int], exclude: list[tuple[int, ...]], refresh: list[bool]
-    ) -> list[Retrieved]:
-        return await self.retriever.retrieve_many.remote(user_id, n, exclude, refresh)
+        self,
+        user_id: list[int],
+        n: list[int],
+        exclude: list[tuple[int, ...]],
+        refresh: list[bool],
+        deadline: list[float],
+    ) -> list[Retrieved | None]:
+        return await self.retriever.retrieve_many.remote(user_id, n, exclude, refresh, deadline)
 
-    async def _rank_many(self, retrieved: list[Retrieved]) -> list[Scored]:
-        return await self.ranker.rank_many.remote(retrieved)
+    async def _rank_many(self, retrieved: list[Retrieved], deadline: list[float]) -> list[Scored | None]:
+        return await self.ranker.rank_many.remote(retrieved, deadline)
 
     def stages(self) -> Stages:
         def retrieve(user_id: int, n: int, exclude: tuple[int, ...], refresh: bool = False) -> asyncio.Future:
-            return asyncio.ensure_future(self._retrieve(user_id, n, exclude, refresh))
+            deadline = deadline_in(self.timeout_s)
+
+            async def run() -> Retrieved:
+                return unless_expired(
+                    await self._retrieve(user_id, n, exclude, refresh, deadline), "Retriever"
+                )
+
+            task = asyncio.ensure_future(run())
+            self._deadline_of[task] = deadline
+            return task
 
         def rank(retrieved: asyncio.Future) -> asyncio.Future:
+            deadline = self._deadline_of.get(retrieved) or deadline_in(self.timeout_s)
+
             async def run() -> Scored:
                 # Shielded: when the deadline cancels the ranking, the retrieval must live on for the
                 # flow's fallback, which awaits it next (a cancelled one would raise CancelledError).
-                return await self._rank(await asyncio.shield(retrieved))
+                got = await asyncio.shield(retrieved)
+                return unless_expired(await self._rank(got, deadline), "Ranker")
 
             return asyncio.ensure_future(run())
 

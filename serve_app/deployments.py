@@ -14,12 +14,13 @@ from ray import serve
 
 from serve_app.bundle import Part
 from serve_app.config import SERVING_DEFAULTS, ServingSettings
+from serve_app.deadlines import scatter
 from serve_app.errors import BundleError, RecsysError
 from serve_app.event_features import EventModel
 from serve_app.event_ingest import EventIngest, feast_push
 from serve_app.event_log import EventLog, event_log_path
 from serve_app.events import Event
-from serve_app.metrics import BatchSizes, BundleInfo, FeatureMetrics, RecallGauge
+from serve_app.metrics import BatchSizes, BundleInfo, ExpiredCount, FeatureMetrics, RecallGauge
 from serve_app.push_feed import Cursor, Pushed, PushFeed
 from serve_app.recall_monitor import RecallMonitor
 from serve_app.serving_state import Served, ServingState, per_arm
@@ -31,6 +32,11 @@ from serve_app.stages.user_features import Observe, UserFeatureReader, feast_fet
 
 log = logging.getLogger("ray.serve")
 UNKNOWN: Any = object()  # no bundle of that version held: the candidates are not ranked here
+
+
+def itemgetter_list(indices: list[int]) -> Any:
+    """xs -> [xs[i] for i in indices]: one request's arguments picked from every list of a batch."""
+    return lambda xs: [xs[i] for i in indices]
 
 
 def open_reader(
@@ -69,6 +75,7 @@ class _BundleStage:
         settings_ = ServingSettings.model_validate(settings)
         self.state = ServingState(settings_, self.parts, keep_retired=self.keeps_retired)
         self.batch_sizes = BatchSizes(self.batched)
+        self.expired = ExpiredCount(self.batched)
         self.bundle_info = BundleInfo()
 
     def reconfigure(self, config: dict[str, Any] | None) -> None:
@@ -120,13 +127,28 @@ class Retriever(_BundleStage):
     async def retrieve(
         self, user_id: list[int], n: list[int], exclude: list[tuple[int, ...]], refresh: list[bool]
     ) -> list[Retrieved]:
-        return await self.retrieve_many(user_id, n, exclude, refresh)
+        return await self._retrieve(user_id, n, exclude, refresh)
 
     async def retrieve_many(
+        self,
+        user_id: list[int],
+        n: list[int],
+        exclude: list[tuple[int, ...]],
+        refresh: list[bool],
+        deadline: list[float] | None = None,
+    ) -> list[Retrieved | None]:
+        """A batch an ingress gathered (serve_app/coalesce.py) as one call; requests past their
+        `deadline` are dropped (None), not computed (serve_app/deadlines.py)."""
+        idx = self.expired.live(len(user_id), deadline)
+        if not idx:
+            return [None] * len(user_id)
+        pick = itemgetter_list(idx)
+        out = await self._retrieve(pick(user_id), pick(n), pick(exclude), pick(refresh))
+        return scatter(len(user_id), idx, out)
+
+    async def _retrieve(
         self, user_id: list[int], n: list[int], exclude: list[tuple[int, ...]], refresh: list[bool]
     ) -> list[Retrieved]:
-        """A batch as one call: what `retrieve` batches here, or what an ingress batched already
-        (serve_app/coalesce.py)."""
         self.batch_sizes.observe(user_id)
         reads = await self.reader.aget_many(user_id, refresh)
         main = self.state.current
@@ -158,10 +180,18 @@ class Ranker(_BundleStage):
         batch_wait_timeout_s=SERVING_DEFAULTS.batch_wait_timeout_s,
     )
     async def rank(self, retrieved: list[Retrieved]) -> list[Scored]:
-        return self.rank_many(retrieved)
+        return self._rank(retrieved)
 
-    def rank_many(self, retrieved: list[Retrieved]) -> list[Scored]:
-        """A batch as one call (see Retriever.retrieve_many)."""
+    def rank_many(
+        self, retrieved: list[Retrieved], deadline: list[float] | None = None
+    ) -> list[Scored | None]:
+        """A batch an ingress gathered, as one call; past their `deadline`: dropped (see Retriever)."""
+        idx = self.expired.live(len(retrieved), deadline)
+        if not idx:
+            return [None] * len(retrieved)
+        return scatter(len(retrieved), idx, self._rank(itemgetter_list(idx)(retrieved)))
+
+    def _rank(self, retrieved: list[Retrieved]) -> list[Scored]:
         self.batch_sizes.observe(retrieved)
         # Candidates are ranked by the bundle that retrieved them (a canary's by the canary's model);
         # none held here: retrieval order, degraded (never one model's candidates by another's ranker).

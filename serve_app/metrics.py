@@ -185,6 +185,29 @@ class BatchSizes:
         self.histogram.observe(len(batch))
 
 
+class ExpiredCount:
+    """`recsys_expired_total{stage}`: requests a stage dropped because their deadline had passed
+    (serve_app/deadlines.py); `live` picks the others."""
+
+    def __init__(self, stage: str) -> None:
+        from ray.serve.metrics import Counter
+
+        self.counter = Counter(
+            "recsys_expired_total",
+            description="Requests a stage dropped, not computed: their deadline had passed",
+            tag_keys=("stage",),
+        )
+        self.counter.set_default_tags({"stage": stage})
+
+    def live(self, n: int, deadlines: Sequence[float] | None) -> list[int]:
+        from serve_app.deadlines import live
+
+        idx = live(n, deadlines)
+        if len(idx) < n:
+            self.counter.inc(n - len(idx))
+        return idx
+
+
 class RecallGauge:
     """`recsys_ann_recall`: recall@N of the served index against exact search, over recent samples
     (`recall_monitor.RecallMonitor` publishes it), and how many samples the figure rests on."""

@@ -6,12 +6,14 @@ replica context `@serve.batch` reads its max_ongoing_requests from is the ingres
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from serve_app.coalesce import CoalescedStages
+from serve_app.deadlines import Expired, live, scatter
 
 
 @pytest.fixture(autouse=True)
@@ -48,16 +50,22 @@ class Handle:
 
 
 def handles() -> tuple[Handle, Handle]:
-    retriever = Handle(retrieve_many=Method(lambda users, n, excl, refresh: [f"cands-{u}" for u in users]))
-    ranker = Handle(rank_many=Method(lambda cands: [f"ranked-{c}" for c in cands]))
-    return retriever, ranker
+    """Stages that, like Retriever.retrieve_many and Ranker.rank_many, drop what is past its deadline."""
+
+    def retrieve_many(users, n, excl, refresh, deadline):
+        return scatter(len(users), idx := live(len(users), deadline), [f"cands-{users[i]}" for i in idx])
+
+    def rank_many(cands, deadline):
+        return scatter(len(cands), idx := live(len(cands), deadline), [f"ranked-{cands[i]}" for i in idx])
+
+    return Handle(retrieve_many=Method(retrieve_many)), Handle(rank_many=Method(rank_many))
 
 
 def test_concurrent_requests_share_calls_and_each_gets_its_own_answer() -> None:
     retriever, ranker = handles()
 
     async def main() -> list[str]:
-        stages = CoalescedStages(retriever, ranker, max_batch=8).stages()
+        stages = CoalescedStages(retriever, ranker, max_batch=8, timeout_s=1.0).stages()
         flows = [stages.rank(stages.retrieve(u, 200, (), False)) for u in range(20)]
         return await asyncio.gather(*flows)
 
@@ -72,11 +80,15 @@ def test_a_request_alone_goes_at_once() -> None:
     retriever, ranker = handles()
 
     async def main() -> str:
-        stages = CoalescedStages(retriever, ranker, max_batch=16).stages()
+        stages = CoalescedStages(retriever, ranker, max_batch=16, timeout_s=1.0).stages()
         return await asyncio.wait_for(stages.rank(stages.retrieve(7, 200, (3,), True)), 0.5)
 
+    started = time.time()
     assert asyncio.run(main()) == "ranked-cands-7"
-    assert retriever.retrieve_many.calls == [([7], [200], [(3,)], [True])]
+    [(users, n, exclude, refresh, [deadline])] = retriever.retrieve_many.calls
+    assert (users, n, exclude, refresh) == ([7], [200], [(3,)], [True])
+    assert started + 1.0 <= deadline <= time.time() + 1.0  # the request's start + its timeout
+    assert ranker.rank_many.calls[0][1] == [deadline]  # the same deadline travels to the ranker
 
 
 def test_a_failed_call_fails_every_request_of_its_batch() -> None:
@@ -84,7 +96,7 @@ def test_a_failed_call_fails_every_request_of_its_batch() -> None:
     ranker.rank_many.fail = True
 
     async def main() -> list[Any]:
-        stages = CoalescedStages(retriever, ranker, max_batch=8).stages()
+        stages = CoalescedStages(retriever, ranker, max_batch=8, timeout_s=1.0).stages()
         flows = [stages.rank(stages.retrieve(u, 200, (), False)) for u in range(4)]
         return await asyncio.gather(*flows, return_exceptions=True)
 
@@ -100,10 +112,29 @@ def test_a_deadline_on_the_ranking_leaves_the_retrieval_to_the_fallback() -> Non
     retriever, ranker = handles()
 
     async def main() -> str:
-        stages = CoalescedStages(retriever, ranker, max_batch=8).stages()
+        stages = CoalescedStages(retriever, ranker, max_batch=8, timeout_s=1.0).stages()
         retrieved = stages.retrieve(1, 200, (), False)
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(stages.rank(retrieved), 0.001)
         return await retrieved
 
     assert asyncio.run(main()) == "cands-1"
+
+
+def test_a_request_past_its_deadline_is_dropped_by_the_stage_not_computed() -> None:
+    retriever, ranker = handles()
+
+    async def main() -> list[object]:
+        stages = CoalescedStages(retriever, ranker, max_batch=8, timeout_s=0.0).stages()
+        flows = [stages.rank(stages.retrieve(u, 200, (), False)) for u in range(3)]
+        return await asyncio.gather(*flows, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, Expired) and "Retriever dropped" in str(r) for r in results)
+    assert ranker.rank_many.calls == []
+
+
+def test_live_and_scatter_keep_each_result_in_its_request_s_place() -> None:
+    assert live(3, None) == [0, 1, 2]
+    assert live(4, [5.0, 1.0, 9.0, 2.0], now=3.0) == [0, 2]
+    assert scatter(4, [0, 2], ["a", "c"]) == ["a", None, "c", None]

@@ -1,0 +1,48 @@
+"""A request's deadline travels with its stage calls, and a stage drops work whose deadline has passed.
+
+The ingress answers every request by `request_timeout_s` (RecommendFlow: a fallback when a stage is
+late). Work a stage would do after that is wasted: nobody waits for it, and under overload it delays
+the requests that can still make it. So the coalesced calls (coalesce.py) carry each request's
+deadline as wall-clock time (`time.time()`: the stages may run in other processes, on other nodes
+whose clocks NTP keeps within milliseconds), and the Retriever and the Ranker compute only the
+requests still inside it; a dropped one comes back as `None`, and its caller raises `Expired`.
+The per-request path (`ingress_batch_size: 1`, the stages' own `@serve.batch`) carries no deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Expired(TimeoutError):
+    """The stage dropped this request: its deadline had passed before the stage reached it."""
+
+
+def deadline_in(seconds: float) -> float:
+    return time.time() + seconds
+
+
+def live(n: int, deadlines: Sequence[float] | None, now: float | None = None) -> list[int]:
+    """Indices of the `n` requests whose deadline has not passed (all of them when none were sent)."""
+    if deadlines is None:
+        return list(range(n))
+    at = time.time() if now is None else now
+    return [i for i, d in enumerate(deadlines) if d > at]
+
+
+def scatter(n: int, indices: Sequence[int], results: Sequence[T]) -> list[T | None]:
+    """The results of the live requests in their places, `None` in the dropped ones'."""
+    out: list[T | None] = [None] * n
+    for i, result in zip(indices, results, strict=True):
+        out[i] = result
+    return out
+
+
+def unless_expired(result: T | None, stage: str) -> T:
+    if result is None:
+        raise Expired(f"the {stage} dropped the request: its deadline had passed")
+    return result
