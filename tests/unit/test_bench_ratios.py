@@ -1,0 +1,43 @@
+"""The benchmark's yardsticks: a served setup's max throughput at the p99 SLO counts only levels that
+answered in full (no more than 1% errors, no more than 1% degraded answers), per served setup."""
+
+from __future__ import annotations
+
+from loadtest.report import max_throughput_at_slo, ratios
+
+
+def level(rps: float, p99: float, degraded: int = 0, errors: float = 0.0, c: float = 16) -> dict:
+    return {
+        "mode": "closed",
+        "value": c,
+        "throughput_rps": rps,
+        "ok": int(rps * 5),
+        "degraded": degraded,
+        "error_rate": errors,
+        "latency_ms": {"p50": p99 / 4, "p99": p99},
+    }
+
+
+def test_brownout_answers_and_errors_do_not_count_as_served_throughput() -> None:
+    levels = [
+        level(300, 20),
+        level(1_500, 40, degraded=7_000),  # mostly the brownout's cheaper answers
+        level(900, 45, errors=0.05),
+        level(1_200, 80),  # past the SLO
+    ]
+    assert max_throughput_at_slo(levels) == 300
+    assert max_throughput_at_slo([level(500, 30, degraded=20)]) == 500  # under 1% degraded counts
+
+
+def test_each_served_setup_gets_its_own_ratios() -> None:
+    targets = {
+        "floor": {"levels": [level(1_000, 2, c=1)]},
+        "baseline": {"levels": [level(1_000, 30)]},
+        "colocated": {"levels": [level(700, 3, c=1), level(1_100, 45)]},
+        "graph": {"levels": [level(120, 12, c=1), level(1_500, 40, degraded=7_000)]},
+    }
+    out = ratios(targets)
+    assert set(out) == {"colocated", "graph"}
+    assert out["colocated"]["p50_over_floor_p50_c1"] == 1.5
+    assert out["colocated"]["max_rps_at_p99_50ms_over_baseline"] == 1.1
+    assert out["graph"]["max_rps_at_p99_50ms"] == 120  # its c=1 level: the brownout one does not count
