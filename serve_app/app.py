@@ -26,7 +26,7 @@ from serve_app.metrics import FeatureMetrics, RecallGauge, ServeRequestMetrics
 from serve_app.push_feed import Pushed, follow
 from serve_app.recall_monitor import RecallMonitor
 from serve_app.request_flow import Stages, local_stages, to_response
-from serve_app.request_log import RequestLog
+from serve_app.request_log import RequestLog, serving
 from serve_app.schemas import (
     CanaryInfo,
     ErrorResponse,
@@ -109,7 +109,11 @@ class Ingress:
             self.stage_handles = {"retriever": retriever, "ranker": ranker}
             if base.ingress_batch_size > 1:  # one handle call per batch of requests (coalesce.py)
                 self.coalesced = CoalescedStages(
-                    retriever, ranker, base.ingress_batch_size, base.request_timeout_s
+                    retriever,
+                    ranker,
+                    base.ingress_batch_size,
+                    base.request_timeout_s,
+                    traced=lambda request_id: self.request_log.sampled(request_id),
                 )
                 stages = self.coalesced.stages()
             else:
@@ -185,6 +189,7 @@ class Ingress:
     )
     async def recommend(self, body: RecommendRequest, request: Request) -> RecommendResponse:
         start = time.perf_counter()
+        serving(request.state.request_id)  # for the stage calls made on its behalf
         with self.admission.admit(time.perf_counter) as ticket:  # past the limit: 503 at once
             refresh = body.user_id in self.recently_pushed
             result = await self.flow.run(body.user_id, body.k, tuple(body.exclude_item_ids), refresh)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.deadlines import deadline_in, unless_expired
 from serve_app.request_flow import Stages
+from serve_app.request_log import CURRENT_REQUEST
 from serve_app.stages.retrieve import Retrieved
 from serve_app.stages.scored import Scored
 
@@ -30,10 +32,17 @@ class CoalescedStages:
     request's deadline (`timeout_s` from its start) travels with it, and a stage drops it once past."""
 
     def __init__(
-        self, retriever: DeploymentHandle, ranker: DeploymentHandle, max_batch: int, timeout_s: float
+        self,
+        retriever: DeploymentHandle,
+        ranker: DeploymentHandle,
+        max_batch: int,
+        timeout_s: float,
+        traced: Callable[[str | None], bool] = lambda _: False,
     ) -> None:
+        """`traced(request_id)`: whether the request log samples that request; the stages then log
+        its id for the call that carried it (serve_app/request_log.py)."""
         self.retriever, self.ranker, self.max_batch = retriever, ranker, max_batch
-        self.timeout_s = timeout_s
+        self.timeout_s, self.traced = timeout_s, traced
         batch = serve.batch(
             max_batch_size=max_batch, batch_wait_timeout_s=0.0, max_concurrent_batches=CONCURRENT_CALLS
         )
@@ -57,20 +66,28 @@ class CoalescedStages:
         exclude: list[tuple[int, ...]],
         refresh: list[bool],
         deadline: list[float],
+        trace: list[str | None],
     ) -> list[Retrieved | None]:
-        return await self.retriever.retrieve_many.remote(user_id, n, exclude, refresh, deadline)
+        traced = [t for t in trace if t]
+        return await self.retriever.retrieve_many.remote(user_id, n, exclude, refresh, deadline, traced)
 
-    async def _rank_many(self, retrieved: list[Retrieved], deadline: list[float]) -> list[Scored | None]:
-        return await self.ranker.rank_many.remote(retrieved, deadline)
+    async def _rank_many(
+        self, retrieved: list[Retrieved], deadline: list[float], trace: list[str | None]
+    ) -> list[Scored | None]:
+        return await self.ranker.rank_many.remote(retrieved, deadline, [t for t in trace if t])
+
+    def _trace(self) -> str | None:
+        """The current request's id when the request log samples it, else None."""
+        request_id = CURRENT_REQUEST.get()
+        return request_id if request_id is not None and self.traced(request_id) else None
 
     def stages(self) -> Stages:
         def retrieve(user_id: int, n: int, exclude: tuple[int, ...], refresh: bool = False) -> asyncio.Future:
-            deadline = deadline_in(self.timeout_s)
+            deadline, trace = deadline_in(self.timeout_s), self._trace()
 
             async def run() -> Retrieved:
-                return unless_expired(
-                    await self._retrieve(user_id, n, exclude, refresh, deadline), "Retriever"
-                )
+                got = await self._retrieve(user_id, n, exclude, refresh, deadline, trace)
+                return unless_expired(got, "Retriever")
 
             task = asyncio.ensure_future(run())
             self._deadline_of[task] = deadline
@@ -78,12 +95,13 @@ class CoalescedStages:
 
         def rank(retrieved: asyncio.Future) -> asyncio.Future:
             deadline = self._deadline_of.get(retrieved) or deadline_in(self.timeout_s)
+            trace = self._trace()
 
             async def run() -> Scored:
                 # Shielded: when the deadline cancels the ranking, the retrieval must live on for the
                 # flow's fallback, which awaits it next (a cancelled one would raise CancelledError).
                 got = await asyncio.shield(retrieved)
-                return unless_expired(await self._rank(got, deadline), "Ranker")
+                return unless_expired(await self._rank(got, deadline, trace), "Ranker")
 
             return asyncio.ensure_future(run())
 

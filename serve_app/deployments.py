@@ -23,6 +23,7 @@ from serve_app.events import Event
 from serve_app.metrics import BatchSizes, BundleInfo, ExpiredCount, FeatureMetrics, RecallGauge
 from serve_app.push_feed import Cursor, Pushed, PushFeed
 from serve_app.recall_monitor import RecallMonitor
+from serve_app.request_log import log_coalesced
 from serve_app.serving_state import Served, ServingState, per_arm
 from serve_app.stages.fallback import unranked
 from serve_app.stages.rank import rank_candidates
@@ -136,9 +137,12 @@ class Retriever(_BundleStage):
         exclude: list[tuple[int, ...]],
         refresh: list[bool],
         deadline: list[float] | None = None,
+        traced: list[str] | None = None,
     ) -> list[Retrieved | None]:
         """A batch an ingress gathered (serve_app/coalesce.py) as one call; requests past their
-        `deadline` are dropped (None), not computed (serve_app/deadlines.py)."""
+        `deadline` are dropped (None), not computed (serve_app/deadlines.py). `traced`: the ids of
+        the requests the request log samples, logged here so their trace includes this stage."""
+        log_coalesced(log, "retrieve", traced or [], len(user_id))
         idx = self.expired.live(len(user_id), deadline)
         if not idx:
             return [None] * len(user_id)
@@ -183,9 +187,13 @@ class Ranker(_BundleStage):
         return self._rank(retrieved)
 
     def rank_many(
-        self, retrieved: list[Retrieved], deadline: list[float] | None = None
+        self,
+        retrieved: list[Retrieved],
+        deadline: list[float] | None = None,
+        traced: list[str] | None = None,
     ) -> list[Scored | None]:
         """A batch an ingress gathered, as one call; past their `deadline`: dropped (see Retriever)."""
+        log_coalesced(log, "rank", traced or [], len(retrieved))
         idx = self.expired.live(len(retrieved), deadline)
         if not idx:
             return [None] * len(retrieved)

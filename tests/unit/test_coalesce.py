@@ -52,10 +52,10 @@ class Handle:
 def handles() -> tuple[Handle, Handle]:
     """Stages that, like Retriever.retrieve_many and Ranker.rank_many, drop what is past its deadline."""
 
-    def retrieve_many(users, n, excl, refresh, deadline):
+    def retrieve_many(users, n, excl, refresh, deadline, traced):
         return scatter(len(users), idx := live(len(users), deadline), [f"cands-{users[i]}" for i in idx])
 
-    def rank_many(cands, deadline):
+    def rank_many(cands, deadline, traced):
         return scatter(len(cands), idx := live(len(cands), deadline), [f"ranked-{cands[i]}" for i in idx])
 
     return Handle(retrieve_many=Method(retrieve_many)), Handle(rank_many=Method(rank_many))
@@ -85,8 +85,8 @@ def test_a_request_alone_goes_at_once() -> None:
 
     started = time.time()
     assert asyncio.run(main()) == "ranked-cands-7"
-    [(users, n, exclude, refresh, [deadline])] = retriever.retrieve_many.calls
-    assert (users, n, exclude, refresh) == ([7], [200], [(3,)], [True])
+    [(users, n, exclude, refresh, [deadline], traced)] = retriever.retrieve_many.calls
+    assert (users, n, exclude, refresh, traced) == ([7], [200], [(3,)], [True], [])
     assert started + 1.0 <= deadline <= time.time() + 1.0  # the request's start + its timeout
     assert ranker.rank_many.calls[0][1] == [deadline]  # the same deadline travels to the ranker
 
@@ -138,3 +138,26 @@ def test_live_and_scatter_keep_each_result_in_its_request_s_place() -> None:
     assert live(3, None) == [0, 1, 2]
     assert live(4, [5.0, 1.0, 9.0, 2.0], now=3.0) == [0, 2]
     assert scatter(4, [0, 2], ["a", "c"]) == ["a", None, "c", None]
+
+
+def test_the_ids_of_sampled_requests_travel_with_the_call_that_carries_them() -> None:
+    """The stage logs them (request_log.log_coalesced): Serve stamps the call's own id on its lines."""
+    from serve_app.request_log import CURRENT_REQUEST
+
+    retriever, ranker = handles()
+
+    async def main() -> None:
+        stages = CoalescedStages(
+            retriever, ranker, max_batch=8, timeout_s=1.0, traced=lambda rid: rid.startswith("keep")
+        ).stages()
+
+        async def request(rid: str, user: int) -> str:
+            CURRENT_REQUEST.set(rid)  # as the ingress's handler does, in the request's own task
+            return await stages.rank(stages.retrieve(user, 200, (), False))
+
+        await asyncio.gather(request("keep-1", 1), request("drop-2", 2), request("keep-3", 3))
+
+    asyncio.run(main())
+    traced = [i for call in retriever.retrieve_many.calls for i in call[5]]
+    assert sorted(traced) == ["keep-1", "keep-3"]
+    assert sorted(i for call in ranker.rank_many.calls for i in call[2]) == ["keep-1", "keep-3"]

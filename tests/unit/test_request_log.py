@@ -56,8 +56,11 @@ def test_sampling_rate_decides_how_many_lines() -> None:
     log, lines = logger()
     assert not any(RequestLog(0.0, "graph", log).answered("r", 1, 3, RESULT, 1.0) for _ in range(100))
     sampled = RequestLog(0.2, "graph", log, seed=3)
-    n = sum(sampled.answered("r", 1, 3, RESULT, 1.0) for _ in range(2_000))
+    n = sum(sampled.answered(f"r{i}", 1, 3, RESULT, 1.0) for i in range(2_000))
     assert 300 < n < 500 and len(lines.records) == n
+    # By id: a stage serving the request in a coalesced call decides alike (serve_app/coalesce.py).
+    other = RequestLog(0.2, "graph", log, seed=99)
+    assert all(other.sampled(f"r{i}") == sampled.sampled(f"r{i}") for i in range(2_000))
 
 
 def test_refused_requests_are_logged_with_status_and_code() -> None:
