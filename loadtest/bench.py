@@ -240,7 +240,9 @@ def bench(opts: Options) -> Path:
             "open_rates": opts.rates,
             "client_processes": opts.client_processes,
             "setups": {
-                t: {"config": str(opts.setup(t)[0]), "direct_ingress": opts.setup(t)[1]} for t in opts.served
+                t: {"config": str(config), "direct_ingress": direct}
+                for t in opts.served
+                for config, direct in [opts.setup(t)]
             },
             "mix": vars(mix.MixSpec(debug_fraction=opts.debug_fraction)),
         },

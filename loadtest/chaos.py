@@ -249,11 +249,10 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from loadtest.targets import add_target_args
+
     parser = argparse.ArgumentParser(prog="python -m loadtest.chaos", description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "current")
-    parser.add_argument("--repo", type=Path, default=ROOT / "feature_repo")
-    parser.add_argument("--config", type=Path, default=ROOT / "cluster" / "serve_config.yaml")
-    parser.add_argument("--throughput-optimized", action="store_true")
+    add_target_args(parser)
     parser.add_argument(
         "--rate", type=float, default=None, help="req/s (default: half the measured capacity)"
     )

@@ -145,11 +145,10 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from loadtest.targets import add_target_args
+
     p = argparse.ArgumentParser(prog="python -m loadtest.soak", description=__doc__.split("\n")[0])
-    p.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "current")
-    p.add_argument("--repo", type=Path, default=ROOT / "feature_repo")
-    p.add_argument("--config", type=Path, default=ROOT / "cluster" / "serve_config.yaml")
-    p.add_argument("--throughput-optimized", action="store_true")
+    add_target_args(p)
     p.add_argument("--rate", type=float, default=None, help="req/s (default: half the measured capacity)")
     p.add_argument("--minutes", type=int, default=20)
     p.add_argument("--window", type=float, default=60.0, help="seconds per window")

@@ -163,7 +163,7 @@ def _direct_ingress_ports(state: dict, proxy_port: int, want: int, timeout_s: fl
     deadline = time.monotonic() + timeout_s
     direct: list[int] = []
     while time.monotonic() < deadline:
-        direct = sorted(p for p in local_cluster.http_ports(state) if p != proxy_port)
+        direct = local_cluster.direct_ingress_ports(state, proxy_port)
         if len(direct) >= want:
             return direct
         time.sleep(1)
@@ -261,6 +261,15 @@ class RunInputs:
 
     def __iter__(self) -> Iterator[Any]:  # bundle, repo, config, work, payloads = run_inputs(...)
         return iter((self.bundle, self.repo, self.config, self.work, self.payloads))
+
+
+def add_target_args(parser: Any, direct: bool = True) -> None:
+    """The options `run_inputs` reads: --bundle, --repo, --config (and --throughput-optimized)."""
+    parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "current")
+    parser.add_argument("--repo", type=Path, default=ROOT / "feature_repo")
+    parser.add_argument("--config", type=Path, default=SERVE_CONFIG)
+    if direct:
+        parser.add_argument("--throughput-optimized", action="store_true")
 
 
 def run_inputs(opts: Any, n_requests: int) -> RunInputs:

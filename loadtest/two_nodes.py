@@ -139,10 +139,10 @@ def _placement(report: dict[str, Any], key: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from loadtest.targets import add_target_args
+
     parser = argparse.ArgumentParser(prog="python -m loadtest.two_nodes", description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "current")
-    parser.add_argument("--repo", type=Path, default=ROOT / "feature_repo")
-    parser.add_argument("--config", type=Path, default=ROOT / "cluster" / "serve_config.yaml")
+    add_target_args(parser, direct=False)
     parser.add_argument("--rate", type=float, default=20.0, help="req/s, open loop")
     parser.add_argument("--window", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--kill-at", type=float, default=5.0, help="seconds into the window")

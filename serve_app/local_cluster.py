@@ -214,6 +214,11 @@ def http_ports(state: dict, app: str = "recsys") -> list[int]:
     ]
 
 
+def direct_ingress_ports(state: dict, proxy_port: int, app: str = "recsys") -> list[int]:
+    """The ingress replicas' own HTTP ports (RAY_SERVE_THROUGHPUT_OPTIMIZED=1), sorted; [] without."""
+    return sorted(p for p in http_ports(state, app) if p != proxy_port)
+
+
 def stop(state_file: Path = STATE) -> bool:
     """Terminate the process tree of the head this checkout started, its worker node's process group
     (serve_app/worker_node.py) and its redis-server if it has them; True if there was any."""

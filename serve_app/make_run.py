@@ -17,7 +17,7 @@ from serve_app.local_cluster import (
     STATE,
     _alive,
     deploy,
-    http_ports,
+    direct_ingress_ports,
     start_head,
     start_prometheus,
     start_redis,
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_healthy(f"http://127.0.0.1:{port}", state)
         base, where = f"http://127.0.0.1:{port}", f"proxy: http://127.0.0.1:{port}"
         if args.throughput_optimized:  # prefer the ingresses' own ports: they skip the proxy hop
-            direct = sorted(p for p in http_ports(state) if p != port)
+            direct = direct_ingress_ports(state, port)
             if direct:
                 base = f"http://127.0.0.1:{direct[0]}"
                 where = (
