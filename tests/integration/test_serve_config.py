@@ -34,6 +34,12 @@ def test_config_matches_serves_schema_and_our_app_args():
         assert autoscaling["target_ongoing_requests"] > 0 and autoscaling["max_replicas"] >= 1
         assert deployments[name].max_queued_requests > 0
     assert deployments["Ingress"].backpressure_config.retry_after_s > 0
+    # No single point of failure: a second Ingress answers while one is replaced (issue 9).
+    assert deployments["Ingress"].num_replicas >= 2
+    # Brownout before refusal: both thresholds fire below what one Ingress admits at all.
+    args = AppArgs.model_validate(app.args)
+    limit = deployments["Ingress"].max_ongoing_requests
+    assert args.brownout_rank_above < args.brownout_popular_above < limit
     assert schema.http_options.host == "127.0.0.1"
 
 
