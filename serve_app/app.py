@@ -98,6 +98,7 @@ class Ingress:
         self.exposure_of: tuple[str, int] | None = None  # (bundle version, window) the gauges watch
         api.state.on_error = self.refused  # every error answer, 4xx and 503, is counted
         self.reader = None
+        self.feature_metrics: FeatureMetrics | None = None  # colocated: the reads run here
         self.coalesced: CoalescedStages | None = None
         self.event_writer = event_writer
         self.recently_pushed = RecentlyPushed(base.user_features_cache_ttl_s)
@@ -122,8 +123,8 @@ class Ingress:
             if feature_repo is None:
                 raise ValueError("the colocated topology needs a feature_repo")
             self.state = ServingState(base)
-            observe = FeatureMetrics(topology, self.metrics.latency).observe  # one histogram per process
-            self.reader = open_reader(feature_repo, feature_store_yaml, base, observe)
+            self.feature_metrics = FeatureMetrics(topology, self.metrics.latency)  # one histogram per process
+            self.reader = open_reader(feature_repo, feature_store_yaml, base, self.feature_metrics.observe)
             self.recall = RecallMonitor(RecallGauge().publish, base.recall_sample_rate, base.n_candidates)
             stages = local_stages(self.state, self.reader, self._sample_recall)
         # Under load, a cheaper answer before a refusal: by the requests in flight here (brownout.py).
@@ -147,6 +148,9 @@ class Ingress:
         self.metrics.bundle(bundle.version)
         self.metrics.canary_on = self.state.canary is not None
         self.request_log.configure(settings.request_log_sample_rate)
+        self.metrics.stage_sample.rate = settings.stage_metrics_sample_rate
+        if self.feature_metrics is not None:
+            self.feature_metrics.sample.rate = settings.stage_metrics_sample_rate
         if self.recall is not None:
             self.recall.configure(settings.recall_sample_rate, settings.n_candidates)
         if self.exposure_of != (bundle.version, settings.exposure_window):

@@ -82,6 +82,13 @@ class ServingSettings(Strict):
     request_log_sample_rate: float = Field(
         0.01, ge=0, le=1, description="share of requests logged as one structured (JSON) line each"
     )
+    stage_metrics_sample_rate: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="share of requests whose stage times and feature age are observed in the stage "
+        "histograms (the whole request's time, outcome and candidates: every request)",
+    )
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> ServingSettings:
         """These settings with the keys `overrides` names replaced (validated; unknown keys are errors)."""

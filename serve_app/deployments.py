@@ -107,7 +107,8 @@ class Retriever(_BundleStage):
         super().__init__(settings)
         # Each read's latency and feature age are recorded here, where it runs (the ingress records
         # the other stages' times from the answer).
-        observe = FeatureMetrics("graph").observe
+        self.feature_metrics = FeatureMetrics("graph")
+        observe = self.feature_metrics.observe
         self.reader = open_reader(feature_repo, feature_store_yaml, self.state.base, observe)
         self.recall = RecallMonitor(RecallGauge().publish, sample_rate=0.0, depth=1)  # see reconfigure
 
@@ -116,6 +117,7 @@ class Retriever(_BundleStage):
         settings = self.state.current.settings  # what was applied, or kept when config was refused
         self.reader.configure(settings)
         self.recall.configure(settings.recall_sample_rate, settings.n_candidates)
+        self.feature_metrics.sample.rate = settings.stage_metrics_sample_rate
 
     # Two batches at once: while one waits on the store (up to the features deadline when it hangs),
     # the next is gathered and read instead of queueing behind it. FAISS itself runs on the loop, so

@@ -32,6 +32,7 @@ def served(built):
         feature_repo=str(built.repo),
         user_features_cache_ttl_s=0,
         request_timeout_s=5.0,
+        stage_metrics_sample_rate=1.0,  # the metrics test counts every request's stages
     )
     with local_serve("recsys-test") as port:
         serve.run(build_app(args), name="recsys", route_prefix="/")

@@ -1,4 +1,5 @@
-"""What a request counts as (outcome_of), and every error answer reaching the ingress's counter."""
+"""What a request counts as (outcome_of), every error answer reaching the ingress's counter, and which
+requests the stage histograms observe (Sample)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from serve_app.errors import Overloaded
 from serve_app.http import create_api
-from serve_app.metrics import NO_METRICS, OUTCOMES, outcome_of
+from serve_app.metrics import NO_METRICS, OUTCOMES, Sample, outcome_of
 from serve_app.schemas import MAX_BODY_BYTES, RecommendRequest
 from serve_app.stages import fallback
 from serve_app.stages.scored import Scored
@@ -68,3 +69,21 @@ def test_every_error_answer_reaches_the_apps_error_hook() -> None:
     assert client.get("/nowhere").status_code == 404
     assert [s for s, _ in seen] == [422, 503, 413, 404]
     assert seen[0][1] == "invalid_request" and seen[2][1] == "body_too_large"
+
+
+@pytest.mark.parametrize(("rate", "taken_of_100"), [(1.0, 100), (0.1, 10), (0.3, 30), (0.01, 1), (0.0, 0)])
+def test_a_sample_takes_its_share_evenly_and_the_first_event(rate: float, taken_of_100: int) -> None:
+    sample = Sample(rate)
+    taken = [i for i in range(100) if sample()]
+    assert len(taken) == taken_of_100
+    if rate > 0:
+        assert taken[0] == 0  # a series appears with the first request
+        gaps = np.diff(taken)
+        assert gaps.size == 0 or gaps.max() - gaps.min() <= 1  # evenly spread, no bursts
+
+
+def test_a_sample_follows_a_new_rate() -> None:
+    sample = Sample(1.0)
+    assert all(sample() for _ in range(5))
+    sample.rate = 0.5
+    assert sum(sample() for _ in range(100)) == 50
