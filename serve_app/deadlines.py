@@ -34,6 +34,11 @@ def live(n: int, deadlines: Sequence[float] | None, now: float | None = None) ->
     return [i for i, d in enumerate(deadlines) if d > at]
 
 
+def gather(indices: Sequence[int], xs: Sequence[T]) -> list[T]:
+    """The live requests' entries of one argument list of a batch (`scatter` puts results back)."""
+    return [xs[i] for i in indices]
+
+
 def scatter(n: int, indices: Sequence[int], results: Sequence[T]) -> list[T | None]:
     """The results of the live requests in their places, `None` in the dropped ones'."""
     out: list[T | None] = [None] * n

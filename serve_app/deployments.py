@@ -14,7 +14,7 @@ from ray import serve
 
 from serve_app.bundle import Part
 from serve_app.config import SERVING_DEFAULTS, ServingSettings
-from serve_app.deadlines import scatter
+from serve_app.deadlines import gather, scatter
 from serve_app.errors import BundleError, RecsysError
 from serve_app.event_features import EventModel
 from serve_app.event_ingest import EventIngest, feast_push
@@ -33,11 +33,6 @@ from serve_app.stages.user_features import Observe, UserFeatureReader, feast_fet
 
 log = logging.getLogger("ray.serve")
 UNKNOWN: Any = object()  # no bundle of that version held: the candidates are not ranked here
-
-
-def itemgetter_list(indices: list[int]) -> Any:
-    """xs -> [xs[i] for i in indices]: one request's arguments picked from every list of a batch."""
-    return lambda xs: [xs[i] for i in indices]
 
 
 def open_reader(
@@ -148,8 +143,8 @@ class Retriever(_BundleStage):
         idx = self.expired.live(len(user_id), deadline)
         if not idx:
             return [None] * len(user_id)
-        pick = itemgetter_list(idx)
-        out = await self._retrieve(pick(user_id), pick(n), pick(exclude), pick(refresh))
+        args = [gather(idx, xs) for xs in (user_id, n, exclude, refresh)]
+        out = await self._retrieve(*args)
         return scatter(len(user_id), idx, out)
 
     async def _retrieve(
@@ -199,7 +194,7 @@ class Ranker(_BundleStage):
         idx = self.expired.live(len(retrieved), deadline)
         if not idx:
             return [None] * len(retrieved)
-        return scatter(len(retrieved), idx, self._rank(itemgetter_list(idx)(retrieved)))
+        return scatter(len(retrieved), idx, self._rank(gather(idx, retrieved)))
 
     def _rank(self, retrieved: list[Retrieved]) -> list[Scored]:
         self.batch_sizes.observe(retrieved)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from serve_app.canary import MAIN
+from serve_app.deadlines import live
 from serve_app.exposure import ExposureWindow, top_popular_mask
 from serve_app.stages.scored import Scored
 
@@ -228,8 +229,6 @@ class ExpiredCount:
         self.counter.set_default_tags({"stage": stage})
 
     def live(self, n: int, deadlines: Sequence[float] | None) -> list[int]:
-        from serve_app.deadlines import live
-
         idx = live(n, deadlines)
         if len(idx) < n:
             self.counter.inc(n - len(idx))
