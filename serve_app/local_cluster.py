@@ -241,6 +241,9 @@ def stop(state_file: Path = STATE) -> bool:
     for p in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
+    # SIGKILL is delivered asynchronously: return only once the survivors are gone, so a caller that
+    # starts a new cluster or checks for leftovers right after does not race their exit.
+    psutil.wait_procs(alive, timeout=10)
     stopped_redis = "redis" in state and redis_server.stop(redis_server.RedisServer(**state["redis"]))
     state_file.unlink(missing_ok=True)
     if state.get("token_path"):
