@@ -1,0 +1,26 @@
+"""The hop-cost probe (loadtest/hop_cost.py) measures what README's topology figures quote: calls made
+one after another between two replicas on a head of its own, over each transport, and leaves no
+cluster behind."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from loadtest import hop_cost
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def test_every_variant_is_timed_and_two_hops_in_a_row_cost_more_than_one() -> None:
+    report = hop_cost.run(calls=40, warmup=10)
+
+    assert [v["name"] for v in report["variants"]] == [v[0] for v in hop_cost.VARIANTS]
+    for v in report["variants"]:
+        assert 0 < v["p50_ms"] <= v["p90_ms"] <= v["p99_ms"] < 1000, v
+    one, two = report["variants"][3], report["variants"][4]
+    assert (one["hops"], two["hops"]) == (1, 2)
+    assert two["p50_ms"] > one["p50_ms"], report  # the calls of a round are awaited one after the other
+    assert "| two hops in a row" in hop_cost.markdown(report)
+    head = report["head_pid"]  # stopped: gone, or a zombie whose exit status is left to reap
+    assert not psutil.pid_exists(head) or psutil.Process(head).status() == psutil.STATUS_ZOMBIE
