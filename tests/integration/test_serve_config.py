@@ -32,6 +32,7 @@ def test_config_matches_serves_schema_and_our_app_args():
     for name in ("Retriever", "Ranker"):
         autoscaling = deployments[name].autoscaling_config
         assert autoscaling["target_ongoing_requests"] > 0 and autoscaling["max_replicas"] >= 1
+        assert autoscaling["min_replicas"] >= 2  # a dead one's requests go to the other meanwhile
         assert deployments[name].max_queued_requests > 0
     assert deployments["Ingress"].backpressure_config.retry_after_s > 0
     # No single point of failure: a second Ingress answers while one is replaced (issue 9).

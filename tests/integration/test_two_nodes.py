@@ -40,9 +40,14 @@ def test_the_worker_node_lost_under_load_fails_no_request_and_its_replicas_come_
     head, lost, new = report["head_node"], report["lost_node"], report["new_node"]
     assert len({head, lost, new}) == 3, report
 
-    # Placement, from Serve's state: the stages on the worker node, the config's two Ingress replicas
-    # on the head.
-    before = {"Ingress": [head, head], "Retriever": [lost], "Ranker": [lost], "EventWriter": [head]}
+    # Placement, from Serve's state: the stages (two replicas each) on the worker node, the config's
+    # two Ingress replicas on the head.
+    before = {
+        "Ingress": [head, head],
+        "Retriever": [lost, lost],
+        "Ranker": [lost, lost],
+        "EventWriter": [head],
+    }
     assert report["before"] == before, report
     assert report["after"]["Ingress"] == [head, head] and report["after"]["EventWriter"] == [head], report
     for stage in worker_node.STAGES:
