@@ -17,9 +17,11 @@ Writes <out>/<timestamp>/hop_cost.{json,md} and copies them to <out>/latest/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,29 @@ def deploy() -> Any:
     return serve.run(Caller.bind(Echo.bind()), name="hop-cost", route_prefix=None)
 
 
+@contextlib.contextmanager
+def driver_of(state: dict[str, Any]) -> Iterator[None]:
+    """This process as a driver of the head in `state`, with its token; as it was again after."""
+    import ray
+    from ray._raylet import AuthenticationTokenLoader
+
+    from serve_app import local_cluster
+
+    saved = dict(os.environ)
+    os.environ.update(local_cluster._env(None, state["token_path"]))
+    # Ray keeps the token a process first read: a process that drove another cluster (a test
+    # session's) would present that one.
+    AuthenticationTokenLoader.instance().reset_cache()
+    try:
+        ray.init(address=state["gcs"], log_to_driver=False)
+        yield
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
 def run(calls: int, warmup: int = 50) -> dict[str, Any]:
     from loadtest.stats import machine
     from serve_app import local_cluster
@@ -95,38 +120,24 @@ def run(calls: int, warmup: int = 50) -> dict[str, Any]:
         state_file = Path(tmp) / "cluster.json"
         state = local_cluster.start_head(state_file, throughput_optimized=True)
         report["head_pid"] = state["pid"]
-        saved = dict(os.environ)
         try:
             # The driver only deploys and asks; the calls measured are made inside the Caller replica.
-            os.environ.update(local_cluster._env(None, state["token_path"]))
-            import ray
-
-            ray.init(address=state["gcs"], log_to_driver=False)
-
-            caller = deploy()
-            payloads = {"tiny": [1, 2, 3], "candidates": candidates_payload()}
-            for name, payload, by_reference, batched, hops in VARIANTS:
-                args = (payloads[payload], by_reference, batched, hops)
-                caller.measure.remote(*args, warmup).result()
-                ms = np.asarray(caller.measure.remote(*args, calls).result())
-                report["variants"].append(
-                    {
-                        "name": name,
-                        "hops": hops,
-                        "p50_ms": round(float(np.percentile(ms, 50)), 3),
-                        "p90_ms": round(float(np.percentile(ms, 90)), 3),
-                        "p99_ms": round(float(np.percentile(ms, 99)), 3),
-                    }
-                )
+            with driver_of(state):
+                caller = deploy()
+                payloads = {"tiny": [1, 2, 3], "candidates": candidates_payload()}
+                for name, payload, by_reference, batched, hops in VARIANTS:
+                    args = (payloads[payload], by_reference, batched, hops)
+                    caller.measure.remote(*args, warmup).result()
+                    ms = np.asarray(caller.measure.remote(*args, calls).result())
+                    report["variants"].append(
+                        {
+                            "name": name,
+                            "hops": hops,
+                            **{f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 90, 99)},
+                        }
+                    )
         finally:
-            try:
-                import ray
-
-                ray.shutdown()
-            finally:
-                os.environ.clear()
-                os.environ.update(saved)
-                local_cluster.stop(state_file)
+            local_cluster.stop(state_file)
     return report
 
 

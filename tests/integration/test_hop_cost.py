@@ -8,11 +8,15 @@ import psutil
 import pytest
 
 from loadtest import hop_cost
+from tests.conftest import local_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def test_every_variant_is_timed_and_two_hops_in_a_row_cost_more_than_one() -> None:
+    # As in a test session: this process has driven a cluster of its own with another token before.
+    with local_serve("before-hop-cost"):
+        pass
     report = hop_cost.run(calls=40, warmup=10)
 
     assert [v["name"] for v in report["variants"]] == [v[0] for v in hop_cost.VARIANTS]
@@ -24,3 +28,6 @@ def test_every_variant_is_timed_and_two_hops_in_a_row_cost_more_than_one() -> No
     assert "| two hops in a row" in hop_cost.markdown(report)
     head = report["head_pid"]  # stopped: gone, or a zombie whose exit status is left to reap
     assert not psutil.pid_exists(head) or psutil.Process(head).status() == psutil.STATUS_ZOMBIE
+    # And the process drives its own clusters again after, with the session's token.
+    with local_serve("after-hop-cost"):
+        pass
