@@ -97,7 +97,7 @@ def driver_of(state: dict[str, Any]) -> Iterator[None]:
     from serve_app import local_cluster
 
     saved = dict(os.environ)
-    os.environ.update(local_cluster._env(None, state["token_path"]))
+    os.environ.update(local_cluster.cluster_env(None, state["token_path"]))
     # Ray keeps the token a process first read: a process that drove another cluster (a test
     # session's) would present that one.
     AuthenticationTokenLoader.instance().reset_cache()

@@ -39,7 +39,9 @@ STATE = ROOT / ".run" / "cluster.json"
 BIN = Path(sys.executable).parent
 
 
-def _env(extra: dict[str, str] | None = None, token_path: str | None = None) -> dict[str, str]:
+def cluster_env(extra: dict[str, str] | None = None, token_path: str | None = None) -> dict[str, str]:
+    """This process's environment for a Ray process or driver of ours: token auth on (with `token_path`,
+    that cluster's token file), no usage stats."""
     env = {
         **os.environ,
         **(extra or {}),
@@ -115,7 +117,7 @@ def start_head(
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=_env(env, str(token)),
+        env=cluster_env(env, str(token)),
         start_new_session=True,
         cwd=ROOT,
     )
@@ -169,7 +171,7 @@ def deploy(state: dict, config: Path, http_port: int | None = None, redis_addres
     subprocess.run(
         [str(BIN / "serve"), "deploy", str(config), "--address", state["dashboard"]],
         check=True,
-        env=_env(token_path=state["token_path"]),
+        env=cluster_env(token_path=state["token_path"]),
         cwd=ROOT,
     )
     return config

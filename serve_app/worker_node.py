@@ -31,7 +31,7 @@ import psutil
 import yaml
 
 from serve_app import local_cluster
-from serve_app.local_cluster import BIN, ROOT, STATE, _env, auth_headers, start_head, stop
+from serve_app.local_cluster import BIN, ROOT, STATE, auth_headers, cluster_env, start_head, stop
 from serve_app.ports import free_port
 
 LABEL = "recsys-node"
@@ -81,7 +81,7 @@ def start_worker(
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_env(env, state["token_path"]),
+            env=cluster_env(env, state["token_path"]),
             start_new_session=True,  # its own process group: what `kill` and `stop` end
             cwd=ROOT,
         )
