@@ -103,8 +103,9 @@ class Retriever(_BundleStage):
         # Each read's latency and feature age are recorded here, where it runs (the ingress records
         # the other stages' times from the answer).
         self.feature_metrics = FeatureMetrics("graph")
-        observe = self.feature_metrics.observe
-        self.reader = open_reader(feature_repo, feature_store_yaml, self.state.base, observe)
+        self.reader = open_reader(
+            feature_repo, feature_store_yaml, self.state.base, self.feature_metrics.observe
+        )
         self.recall = RecallMonitor(RecallGauge().publish, sample_rate=0.0, depth=1)  # see reconfigure
 
     def reconfigure(self, config: dict[str, Any] | None) -> None:

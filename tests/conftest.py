@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from serve_app import redis_server
@@ -48,6 +49,15 @@ def local_serve(namespace: str) -> Iterator[int]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie: a `ray start` this process started is its child, and once stopped only
+    its exit status is left to reap."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def new_version_of(bundle_dir: Path, dest: Path, version: str) -> Path:

@@ -4,11 +4,10 @@ cluster behind."""
 
 from __future__ import annotations
 
-import psutil
 import pytest
 
 from loadtest import hop_cost
-from tests.conftest import local_serve
+from tests.conftest import local_serve, running
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -26,8 +25,7 @@ def test_every_variant_is_timed_and_two_hops_in_a_row_cost_more_than_one() -> No
     assert (one["hops"], two["hops"]) == (1, 2)
     assert two["p50_ms"] > one["p50_ms"], report  # the calls of a round are awaited one after the other
     assert "| two hops in a row" in hop_cost.markdown(report)
-    head = report["head_pid"]  # stopped: gone, or a zombie whose exit status is left to reap
-    assert not psutil.pid_exists(head) or psutil.Process(head).status() == psutil.STATUS_ZOMBIE
+    assert not running(report["head_pid"])  # stopped
     # And the process drives its own clusters again after, with the session's token.
     with local_serve("after-hop-cost"):
         pass

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 
-import psutil
 import pytest
 
 from loadtest import two_nodes
 from serve_app import worker_node
+from tests.conftest import running
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 DEADLINE_S = 1.0  # request_timeout_s in cluster/serve_config.yaml
@@ -73,11 +73,3 @@ def test_the_worker_node_lost_under_load_fails_no_request_and_its_replicas_come_
     assert not running(report["head_pid"])
     for pgid in report["worker_pgids"]:
         assert [p for p in worker_node.processes({"worker": {"pid": pgid}}) if running(p.pid)] == [], pgid
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie: `ray start` was our child, and only its exit status is left to reap."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
