@@ -6,7 +6,9 @@
     python -m loadtest.bench --targets floor,served --config C [--throughput-optimized]   # any config
 
 Targets: `floor` and `baseline` (no Ray), and served setups side by side: `colocated` (what `make run`
-starts), `graph`, `graph-proxy`, `colocated-proxy` (SETUPS), or `served` (--config as given).
+starts: HAProxy in front of the Ingress replicas' own ports), `colocated-direct` (the client spreads
+over those ports itself), `graph`, `graph-proxy`, `colocated-proxy` (SETUPS), or `served` (--config
+as given, with --throughput-optimized and --balancer).
 
 Closed loop at each concurrency, then open loop at each arrival rate, everything on 127.0.0.1 and
 bounded in time. Writes <out>/<timestamp>/{report.json,latency.png,summary.md} and copies them to
@@ -48,11 +50,15 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 # Served setups: (serve config, direct ingress). With direct ingress the client spreads its load over
 # every ingress replica's own port, as a load balancer on Serve's published target groups would.
-SETUPS: dict[str, tuple[Path, bool]] = {
-    "colocated": (ROOT / "cluster" / "serve_config.colocated.yaml", True),  # make run's default
-    "graph": (ROOT / "cluster" / "serve_config.yaml", True),
-    "graph-proxy": (ROOT / "cluster" / "serve_config.yaml", False),  # serve deploy, no env change
-    "colocated-proxy": (ROOT / "cluster" / "serve_config.colocated.yaml", False),
+BALANCER = ROOT / "cluster" / "balancer.yaml"
+# (serve config, direct ingress, the balancer's policy in front or None)
+SETUPS: dict[str, tuple[Path, bool, Path | None]] = {
+    "colocated": (ROOT / "cluster" / "serve_config.colocated.yaml", True, BALANCER),  # make run's default
+    # the client spreads over the Ingress replicas' ports itself, as an ideal balancer would
+    "colocated-direct": (ROOT / "cluster" / "serve_config.colocated.yaml", True, None),
+    "graph": (ROOT / "cluster" / "serve_config.yaml", True, None),
+    "graph-proxy": (ROOT / "cluster" / "serve_config.yaml", False, None),  # serve deploy, no env change
+    "colocated-proxy": (ROOT / "cluster" / "serve_config.colocated.yaml", False, None),
 }
 NOT_SERVED = ("floor", "baseline")
 
@@ -73,13 +79,19 @@ class Options:
     client_processes: int = max(2, os.cpu_count() or 2)
     config: Path = ROOT / "cluster" / "serve_config.yaml"  # the `served` target's
     throughput_optimized: bool = False  # RAY_SERVE_THROUGHPUT_OPTIMIZED=1, client on direct ingress
+    balancer: Path | None = None  # the `served` target behind HAProxy with this policy
+    # Open-loop levels at these multiples of the target's own capacity (its best closed-loop level):
+    # the overload table, comparable across setups and machines of different speeds.
+    overload: list[float] = field(default_factory=list)
     requests: int = 20_000  # distinct pre-encoded requests, replayed in order
     debug_fraction: float = 0.05  # share of requests asking for server-side timings_ms
     command: str = ""
 
-    def setup(self, target: str) -> tuple[Path, bool]:
-        """(serve config, direct ingress) of a served target."""
-        return (self.config, self.throughput_optimized) if target == "served" else SETUPS[target]
+    def setup(self, target: str) -> tuple[Path, bool, Path | None]:
+        """(serve config, direct ingress, balancer policy) of a served target."""
+        if target == "served":
+            return self.config, self.throughput_optimized, self.balancer
+        return SETUPS[target]
 
     @property
     def served(self) -> list[str]:
@@ -103,6 +115,7 @@ class Runner:
         modes: list[tuple[str, float]],
         idle: bool = True,
         spread: tuple[int, ...] = (),
+        overload: bool = True,
     ) -> dict[str, Any]:
         """Warm up, then each load level in turn; with `idle`, also the server's cost with no traffic
         before (start-up may still be settling) and after the levels (what Serve burns doing nothing)."""
@@ -124,14 +137,23 @@ class Runner:
         measure_idle("idle")
         if o.warmup > 0:  # caches, lazy imports, first connections: not part of any figure
             self.client.run(Level("closed", 4, o.warmup, port, drain_s=drain, spread=spread), payloads)
-        out = []
+        out: list[dict[str, Any]] = []
+        capacity = None
+        if o.overload and overload:
+            modes = [m for m in modes if m[0] == "closed"] + [("overload", x) for x in o.overload]
         for i, (mode, value) in enumerate(modes):
+            x = None
+            if mode == "overload":
+                capacity = capacity or max((lv["throughput_rps"] for lv in out), default=0.0)
+                mode, value, x = "open", round(value * capacity, 1), value
             psutil.cpu_percent(None)
             with ProcMonitor(procs) as mon:
                 tallies = self.client.run(
                     Level(mode, value, o.duration, port, drain_s=drain, spread=spread), payloads, seed=i
                 )
             lv = {"mode": mode, "value": value, **merge(tallies, o.duration), "server": mon.result()}
+            if x is not None:
+                lv.update(overload_x=x, capacity_rps=capacity)
             lv["machine_cpu_pct"] = psutil.cpu_percent(None)  # all cores = 100; shows competing load
             out.append(lv)
             self.bar.update(1)
@@ -148,7 +170,7 @@ class Runner:
 
         with uvicorn_target("loadtest.noop_app", [], "/noop", work / "noop.log") as (port, procs):
             modes = [("closed", float(c)) for c in self.opts.ceiling]
-            result = self.levels("noop", port, procs, payloads, modes, idle=False)
+            result = self.levels("noop", port, procs, payloads, modes, idle=False, overload=False)
         return {**result, "note": "client and no-op server share this machine's cores"}
 
     def catalogue(self, cat: Any, work: Path) -> dict:
@@ -187,8 +209,10 @@ class Runner:
                 return self.levels("baseline", *target, payloads, modes)
 
         def served(name: str) -> dict:
-            config, direct = o.setup(name)
-            with served_target(bundle, cat.repo, work / f"{name}-{cat.name}", config, direct) as target:
+            config, direct, front = o.setup(name)
+            with served_target(
+                bundle, cat.repo, work / f"{name}-{cat.name}", config, direct, balancer=front
+            ) as target:
                 port, procs, info = target
                 spread = tuple(info["ports"][1:])
                 return {"info": info, **self.levels(name, port, procs, payloads, modes, spread=spread)}
@@ -226,6 +250,7 @@ def bench(opts: Options) -> Path:
         else catalogues.resolve(opts.catalogues)
     )
     n_modes = len(opts.concurrency) + len(opts.rates)
+    n_modes += len(opts.overload) - (len(opts.rates) if opts.overload else 0)
     per_cat = ("floor" in opts.targets) + n_modes * (("baseline" in opts.targets) + len(opts.served))
     report: dict[str, Any] = {
         "meta": {
@@ -240,9 +265,9 @@ def bench(opts: Options) -> Path:
             "open_rates": opts.rates,
             "client_processes": opts.client_processes,
             "setups": {
-                t: {"config": str(config), "direct_ingress": direct}
+                t: {"config": str(config), "direct_ingress": direct, "balancer": front and str(front)}
                 for t in opts.served
-                for config, direct in [opts.setup(t)]
+                for config, direct, front in [opts.setup(t)]
             },
             "mix": vars(mix.MixSpec(debug_fraction=opts.debug_fraction)),
         },
@@ -297,6 +322,12 @@ def parse(argv: list[str]) -> Options:
         "graph; with --config or --throughput-optimized: floor,baseline,served)",
     )
     p.add_argument("--ceiling", help="closed-loop levels against the no-op ('' to skip)")
+    p.add_argument(
+        "--overload",
+        default="",
+        help="open-loop levels at these multiples of each target's capacity (its best closed-loop "
+        "level), instead of --rates: e.g. 0.5,1.5,3,10",
+    )
     p.add_argument("--client-processes", type=int, default=Options.client_processes)
     p.add_argument("--debug-fraction", type=float, default=0.05, help="requests sent with debug: true")
     p.add_argument("--config", type=Path, help="serve config of `served` (default cluster/serve_config.yaml)")
@@ -305,6 +336,7 @@ def parse(argv: list[str]) -> Options:
         action="store_true",
         help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1 on the head; load goes to the ingress's own port",
     )
+    p.add_argument("--balancer", type=Path, help="with --throughput-optimized: HAProxy in front, this policy")
     a = p.parse_args(argv)
     if bool(a.bundle) != bool(a.repo):
         p.error("--bundle and --repo go together")
@@ -331,6 +363,8 @@ def parse(argv: list[str]) -> Options:
         client_processes=a.client_processes,
         config=(a.config or Options.config).resolve(),
         throughput_optimized=a.throughput_optimized,
+        balancer=a.balancer.resolve() if a.balancer else None,
+        overload=_floats(a.overload),
         debug_fraction=a.debug_fraction,
         command=shlex.join(["python", "-m", "loadtest.bench", *argv]),
     )

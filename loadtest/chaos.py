@@ -7,7 +7,8 @@
 A Ray head of its own with the app deployed from the config (as `make bench` starts it), then, for each
 fault in turn, open-loop load at `--rate` for `--window` seconds with the fault injected `--kill-at`
 seconds in: SIGKILL of one replica of a deployment (any name in the config), of the Serve controller
-(`controller`) or of the HTTP proxy (`proxy`); the online store made unreadable for `--outage` seconds
+(`controller`) or of the HTTP proxy (`proxy`), or of the balancer's HAProxy (`haproxy`, with
+`--balancer`); the online store made unreadable for `--outage` seconds
 and given back (`store`, an exclusive lock on the SQLite store); a corrupt bundle rolled out to every
 bundle stage (`corrupt_bundle`, which must be refused while the old one keeps serving). Per fault:
 requests failed (no 2xx), degraded, p99 and max latency (from the scheduled send time), and the time
@@ -180,7 +181,10 @@ class Chaos:
             return corrupt
 
         def kill() -> str:
-            victim = find(self.procs(), fault)
+            procs = self.procs()
+            if fault == "haproxy":  # the balancer's, not a Ray process (serve_app/balancer_process.py)
+                procs = psutil.Process(state["balancer"]["pid"]).children()
+            victim = find(procs, fault)
             victim.send_signal(signal.SIGKILL)
             return f"SIGKILL pid {victim.pid}"
 
@@ -204,10 +208,14 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     bundle, repo, config, work, payloads = run_inputs(opts, 50_000)
     faults = opts.faults.split(",") if opts.faults else [*deployments_of(config), "controller", "proxy"]
     if not opts.faults:
-        faults += ["store", "corrupt_bundle"]
+        faults += ["store", "corrupt_bundle", *(["haproxy"] if opts.balancer else [])]
     report: dict[str, Any] = {"machine": machine(), "config": str(config), "faults": []}
     with (
-        served_target(bundle, repo, work, config, opts.throughput_optimized) as (port, procs, info),
+        served_target(bundle, repo, work, config, opts.throughput_optimized, balancer=opts.balancer) as (
+            port,
+            procs,
+            info,
+        ),
         LoadClient(2) as client,
     ):
         state = json.loads((work / "ray" / "cluster.json").read_text())

@@ -129,6 +129,35 @@ def _row(target: str, lv: dict) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def _overload_table(cat: dict) -> list[str]:
+    """Goodput (2xx per second) and the admitted requests' latency at multiples of each target's
+    capacity (--overload), with the half-load level's p99 that the admitted p99 is held against."""
+    rows = []
+    for target, data in cat["targets"].items():
+        levels = [lv for lv in data.get("levels", []) if "overload_x" in lv]
+        half = next((lv for lv in levels if lv["overload_x"] == 0.5), None)
+        for lv in levels:
+            cap, p99 = lv["capacity_rps"], lv["latency_ms"]["p99"]
+            vs_half = p99 / half["latency_ms"]["p99"] if half and p99 and half["latency_ms"]["p99"] else None
+            rows.append(
+                f"| {target} | {lv['overload_x']:g}x ({lv['value']:,.0f}/s) | {lv['throughput_rps']:,.0f} "
+                f"({100 * lv['throughput_rps'] / cap:.0f}%) | {_fmt(lv['latency_ms']['p50'], 1)} / "
+                f"{_fmt(p99, 1)} ms ({_fmt(vs_half, 2)}x half load's) | {lv['n_503']:,} | "
+                f"{lv['errors'] - lv['n_503']:,} | {_fmt(lv['client']['cpu_pct'])} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "Overload: open loop at multiples of each target's capacity (its best closed-loop level):",
+        "",
+        "| target | offered | goodput (of capacity) | admitted p50 / p99 | 503s | other errors "
+        "| client CPU % |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
 def _busiest(server: dict, n: int = 6) -> list[tuple[str, dict]]:
     groups = server.get("process_groups", {}).items()
     return sorted(groups, key=lambda kv: -kv[1].get("cpu_pct", 0.0))[:n]
@@ -166,9 +195,11 @@ def summary(report: dict) -> str:
         for target, r in cat.get("ratios", {}).items():
             info = cat["targets"].get(target, {}).get("info") or {}
             how = "direct ingress" if info.get("throughput_optimized") else "via the proxy"
+            ports = len(info.get("ingress_ports") or info.get("ports", [])) or "?"
+            front = ", through HAProxy" if info.get("balancer") else ""
             out += [
-                f"- **{target}** (`{Path(info.get('config', '?')).name}`, {how}, "
-                f"{len(info.get('ports', [])) or '?'} ingress port(s)): "
+                f"- **{target}** (`{Path(info.get('config', '?')).name}`, {how}{front}, "
+                f"{ports} ingress port(s)): "
                 f"**p50 / floor p50 at c=1: {_fmt(r['p50_over_floor_p50_c1'], 2)}** "
                 f"({_fmt(r['p50_c1_ms'], 2)} ms / {_fmt(r['floor_p50_c1_ms'], 2)} ms); "
                 f"**max throughput at p99 <= {P99_SLO_MS:g} ms / single-process baseline's: "
@@ -220,6 +251,7 @@ def summary(report: dict) -> str:
         if reasons:
             out += ["", "Levels with fallbacks other than unknown_user, or degraded answers:", ""]
             out += [f"- {k}: {v}" for k, v in reasons.items()]
+        out += _overload_table(cat)
         if stages:
             out += ["", "Server-reported stage timings, p50 ms (debug-sampled requests):", ""]
             out += [f"- {s}" for s in stages]

@@ -55,7 +55,14 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     inputs = run_inputs(opts, 50_000)
     report: dict[str, Any] = {"machine": machine(), "config": str(inputs.config), "windows": []}
     with (
-        served_target(inputs.bundle, inputs.repo, inputs.work, inputs.config, opts.throughput_optimized) as (
+        served_target(
+            inputs.bundle,
+            inputs.repo,
+            inputs.work,
+            inputs.config,
+            opts.throughput_optimized,
+            balancer=opts.balancer,
+        ) as (
             port,
             procs,
             info,

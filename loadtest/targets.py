@@ -89,6 +89,7 @@ def served_target(
     config: Path = SERVE_CONFIG,
     throughput_optimized: bool = False,
     nodes: int = 1,
+    balancer: Path | None = None,
 ) -> Iterator[tuple[int, Callable, dict[str, Any]]]:
     """A Ray head of our own with the app deployed from `config`; yields (port, processes, info).
 
@@ -96,6 +97,8 @@ def served_target(
     Serve publishes it for clients (`target_groups`), instead of the proxy's; info["ports"] has every
     ingress replica's, for a client that spreads its load as a load balancer would. With `nodes=2`, a worker
     node beside the head runs the stages, as `make run NODES=2` starts it (serve_app/worker_node.py).
+    With `balancer` (a policy file, and `throughput_optimized`), the port is HAProxy's in front of the
+    ingress ports, as `make run` starts it (serve_app/balancer_process.py); info["ingress_ports"] has theirs.
     """
     from serve_app import local_cluster, worker_node
 
@@ -116,6 +119,13 @@ def served_target(
         if throughput_optimized:
             ports = _direct_ingress_ports(state, proxy_port, ingress_replicas(config))
             port = ports[0]
+        ingress_ports, front = ports, None
+        if balancer is not None:
+            from serve_app import balancer_process
+
+            front = balancer_process.start_for_cluster(state, state_file, balancer, proxy_port, free_port())
+            port = int(front.rsplit(":", 1)[1])
+            ports = [port]
         healthy_s = time.monotonic() - started
         version = httpx.get(f"http://127.0.0.1:{port}/version", timeout=10).json()
         if Path(version["bundle_path"]).resolve() != bundle.resolve():
@@ -130,9 +140,13 @@ def served_target(
             "port": port,
             "ports": ports,
             "proxy_port": proxy_port,
+            "balancer": front,
+            "ingress_ports": ingress_ports,
             "nodes": nodes,
         }
-        yield port, tree(state["pid"]), info
+        head = tree(state["pid"])
+        balancer_procs = tree(state["balancer"]["pid"]) if front else list  # HAProxy's CPU counts too
+        yield port, lambda: [*head(), *balancer_procs()], info
         failed = False
     finally:
         stopped_cleanly = local_cluster.stop(state_file)
@@ -264,12 +278,17 @@ class RunInputs:
 
 
 def add_target_args(parser: Any, direct: bool = True) -> None:
-    """The options `run_inputs` reads: --bundle, --repo, --config (and --throughput-optimized)."""
+    """The options `run_inputs` reads: --bundle, --repo, --config (and --throughput-optimized, --balancer)."""
     parser.add_argument("--bundle", type=Path, default=ROOT / "artifacts" / "current")
     parser.add_argument("--repo", type=Path, default=ROOT / "feature_repo")
     parser.add_argument("--config", type=Path, default=SERVE_CONFIG)
     if direct:
         parser.add_argument("--throughput-optimized", action="store_true")
+        parser.add_argument(
+            "--balancer",
+            type=Path,
+            help="with --throughput-optimized: HAProxy in front (cluster/balancer.yaml)",
+        )
 
 
 def run_inputs(opts: Any, n_requests: int) -> RunInputs:

@@ -223,12 +223,13 @@ def direct_ingress_ports(state: dict, proxy_port: int, app: str = "recsys") -> l
 
 def stop(state_file: Path = STATE) -> bool:
     """Terminate the process tree of the head this checkout started, its worker node's process group
-    (serve_app/worker_node.py) and its redis-server if it has them; True if there was any."""
-    from serve_app import worker_node
+    (serve_app/worker_node.py), its balancer and its redis-server if it has them; True if there was any."""
+    from serve_app import balancer_process, worker_node
 
     if not state_file.exists():
         return False
     state = json.loads(state_file.read_text())
+    stopped_balancer = "balancer" in state and balancer_process.stop_group(state["balancer"]["pid"])
     try:
         root = psutil.Process(state["pid"])
         tree = [*root.children(recursive=True), root]
@@ -250,7 +251,7 @@ def stop(state_file: Path = STATE) -> bool:
     state_file.unlink(missing_ok=True)
     if state.get("token_path"):
         Path(state["token_path"]).unlink(missing_ok=True)
-    return bool(tree) or stopped_redis
+    return bool(tree) or stopped_redis or stopped_balancer
 
 
 def start_prometheus(state: dict, state_file: Path = STATE, scrape_interval_s: float | None = None) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from serve_app import worker_node
+from serve_app import balancer_process, worker_node
 from serve_app.config import resolve_path
 from serve_app.local_cluster import (
     ROOT,
@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="2: a worker node beside the head runs the Retriever and Ranker (serve_app/worker_node.py)",
     )
+    parser.add_argument(
+        "--balancer",
+        default=str(ROOT / "cluster" / "balancer.yaml"),
+        help="with --throughput-optimized: the front door's policy (serve_app/balancer.py), or 'off'",
+    )
     args = parser.parse_args(argv)
     if args.action == "stop":
         print(
@@ -83,14 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         wait_healthy(f"http://127.0.0.1:{port}", state)
         base, where = f"http://127.0.0.1:{port}", f"proxy: http://127.0.0.1:{port}"
-        if args.throughput_optimized:  # prefer the ingresses' own ports: they skip the proxy hop
+        if args.throughput_optimized and args.balancer != "off":  # the ingresses' own ports, behind
+            # HAProxy: no proxy hop, and overload refused before any replica pays for it
             direct = direct_ingress_ports(state, port)
-            if direct:
-                base = f"http://127.0.0.1:{direct[0]}"
-                where = (
-                    f"each Ingress replica's own port: {', '.join(map(str, direct))}; spread load over them "
-                    f"or use the proxy, http://127.0.0.1:{port}, which does"
-                )
+            base = balancer_process.start_for_cluster(state, STATE, Path(args.balancer), port)
+            where = (
+                f"HAProxy in front of the Ingress replicas' own ports {', '.join(map(str, direct))}; "
+                f"the Serve proxy, http://127.0.0.1:{port}, also answers"
+            )
         prometheus_line = _maybe_prometheus(state, args.prometheus)
     except Exception:
         stop()

@@ -23,7 +23,7 @@ PERCENTILES = {"p50", "p95", "p99", "p99_9"}
 @pytest.mark.timeout(300)
 def test_bench_writes_json_png_and_summary_for_all_three_targets(built, tmp_path: Path) -> None:
     """floor, baseline, and what `make run` starts: the colocated config's two Ingress replicas with
-    direct ingress, the client spreading its connections over both replicas' own ports."""
+    direct ingress, HAProxy in front of both replicas' own ports (cluster/balancer.yaml)."""
     out = tmp_path / "reports"
     cmd = [
         sys.executable,
@@ -86,11 +86,13 @@ def test_bench_writes_json_png_and_summary_for_all_three_targets(built, tmp_path
     served = cat["targets"]["colocated"]
     assert served["info"]["version"]["bundle_path"] == str(built.bundle.resolve())
     assert served["info"]["throughput_optimized"] and served["info"]["config"].endswith("colocated.yaml")
-    assert len(set(served["info"]["ports"])) == 2  # both Ingress replicas' own ports
+    assert len(set(served["info"]["ingress_ports"])) == 2  # both Ingress replicas' own ports
+    assert served["info"]["balancer"].endswith(f":{served['info']['port']}")  # the load went through HAProxy
     assert served["idle"]["processes"] > 1  # the whole Ray head's process tree, not one process
     assert 0 < served["idle"]["pss_mib"] < served["idle"]["rss_mib"]  # shared pages counted once
     ingress = served["idle"]["process_groups"]["Ingress"]
     assert ingress["n"] == 2 and ingress["pss_mib"] > 0
+    assert served["idle"]["process_groups"]["haproxy"]["n"] == 1  # the front door's cost is counted
     assert [lv["mode"] for lv in served["levels"]] == ["closed", "closed", "open"]
     assert any(lv["stage_timings_ms"] for lv in served["levels"])
 
@@ -99,7 +101,10 @@ def test_bench_writes_json_png_and_summary_for_all_three_targets(built, tmp_path
     assert ratios["p50_over_floor_p50_c1"] > 0
 
     summary = (latest / "summary.md").read_text()
-    assert "**colocated** (`serve_config.colocated.yaml`, direct ingress, 2 ingress port(s))" in summary
+    expected = (
+        "**colocated** (`serve_config.colocated.yaml`, direct ingress, through HAProxy, 2 ingress port(s))"
+    )
+    assert expected in summary
     assert "p50 / floor p50 at c=1" in summary
     assert "max throughput at p99 <= 50 ms" in summary
     assert "| colocated | c=1 |" in summary

