@@ -19,6 +19,8 @@ else
 SERVE_CONFIG ?= cluster/serve_config.colocated.yaml
 THROUGHPUT_OPTIMIZED ?= 1
 endif
+# make run BALANCER=off: no HAProxy in front of the direct-ingress ports (cluster/balancer.yaml otherwise)
+BALANCER ?= cluster/balancer.yaml
 # make run PROMETHEUS=off   (auto: start one when the prometheus binary is installed; see README, Operating it)
 PROMETHEUS ?= auto
 # make run STORE=redis: the online store is a redis-server started under .run/ (see README, Redis online store)
@@ -53,7 +55,7 @@ retrain: install
 run: install
 	@test -e $(ARTIFACTS)/current || $(MAKE) --no-print-directory build
 	$(BIN)/python -m serve_app.make_run start --config $(SERVE_CONFIG) --prometheus $(PROMETHEUS) \
-		--store $(STORE) --nodes $(NODES) \
+		--store $(STORE) --nodes $(NODES) --balancer $(BALANCER) \
 		$(if $(filter 1,$(THROUGHPUT_OPTIMIZED)),--throughput-optimized)
 
 stop:

@@ -46,6 +46,7 @@ class Tally:
     """What one worker saw in one level; merged by the parent."""
 
     latencies_ms: list[float] = field(default_factory=list)  # 2xx answers only
+    refused_ms: list[float] = field(default_factory=list)  # 503 and 429: how fast a refusal came
     statuses: dict[int, int] = field(default_factory=dict)
     errors: int = 0  # connection failures and malformed answers
     timeouts: int = 0  # no answer within timeout_s, or still unanswered after the drain
@@ -65,6 +66,8 @@ class Tally:
         degraded = b'"degraded":true' in body
         if self.events is not None:
             self.events.append((t0, (t1 - t0) * 1000, status, degraded))
+        if status in (429, 503):
+            self.refused_ms.append((t1 - t0) * 1000)
         if 200 <= status < 300:
             self.latencies_ms.append((t1 - t0) * 1000)
             # Byte searches instead of json.loads: parsing every answer would make the client the cost.

@@ -63,8 +63,11 @@ def merge(tallies: Sequence[Tally], duration_s: float) -> dict[str, Any]:
         "requests": ok + errors,
         "ok": ok,
         "throughput_rps": round(ok / elapsed, 2) if elapsed else 0.0,
+        # what a user still waited for: answers within the app's 1 s request deadline
+        "within_1s_rps": round(sum(1 for x in lat if x <= 1_000) / elapsed, 2) if elapsed else 0.0,
         "elapsed_s": round(elapsed, 3),
         "latency_ms": latency_summary(lat),
+        "refused_latency_ms": latency_summary([x for t in active for x in t.refused_ms]),
         "errors": errors,
         "error_rate": round(errors / max(1, ok + errors), 5),
         "status": {str(k): v for k, v in sorted(statuses.items())},

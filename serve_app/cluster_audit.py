@@ -50,11 +50,11 @@ def _name(p: psutil.Process) -> str:
     return "?"
 
 
-def listeners(root_pid: int) -> list[Listener]:
-    """Listening TCP sockets of the process `root_pid` and all its descendants."""
-    root = psutil.Process(root_pid)
+def listeners(*root_pids: int) -> list[Listener]:
+    """Listening TCP sockets of the processes `root_pids` and all their descendants."""
+    roots = [psutil.Process(pid) for pid in root_pids]
     out = []
-    for p in [root, *root.children(recursive=True)]:
+    for p in [q for root in roots for q in (root, *root.children(recursive=True))]:
         try:
             conns = p.net_connections(kind="tcp")
         except psutil.Error:  # exited meanwhile
@@ -127,10 +127,10 @@ def verdict(listener: Listener, host_ip: str) -> tuple[str, str]:
     return ("refused" if grpc_answer == "UNAUTHENTICATED" else "open"), f"gRPC {grpc_answer}"
 
 
-def audit(root_pid: int) -> list[tuple[Listener, str, str]]:
-    """Every listening socket of the cluster under `root_pid` with its verdict."""
+def audit(*root_pids: int) -> list[tuple[Listener, str, str]]:
+    """Every listening socket of the cluster under `root_pids` (its head, its balancer) with its verdict."""
     ip = host_ip()
-    return [(s, *verdict(s, ip)) for s in listeners(root_pid)]
+    return [(s, *verdict(s, ip)) for s in listeners(*root_pids)]
 
 
 def host_ip() -> str:
@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state = json.loads(Path(args.state).read_text())
     kinds = []
-    for s, kind, detail in audit(state["pid"]):
+    roots = [state["pid"], *([state["balancer"]["pid"]] if "balancer" in state else [])]
+    for s, kind, detail in audit(*roots):
         kinds.append(kind)
         where = "loopback" if s.loopback else ("all interfaces" if s.all_interfaces else s.ip)
         print(f"{s.port:>6}  {where:<16} {kind:<9} {s.process} (pid {s.pid})  {detail}")

@@ -88,13 +88,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         wait_healthy(f"http://127.0.0.1:{port}", state)
         base, where = f"http://127.0.0.1:{port}", f"proxy: http://127.0.0.1:{port}"
-        if args.throughput_optimized and args.balancer != "off":  # the ingresses' own ports, behind
-            # HAProxy: no proxy hop, and overload refused before any replica pays for it
-            direct = direct_ingress_ports(state, port)
+        direct = direct_ingress_ports(state, port) if args.throughput_optimized else []
+        if direct and args.balancer != "off":  # HAProxy in front of the ingresses' own ports: no proxy
+            # hop, and overload refused before any replica pays for it
             base = balancer_process.start_for_cluster(state, STATE, Path(args.balancer), port)
             where = (
                 f"HAProxy in front of the Ingress replicas' own ports {', '.join(map(str, direct))}; "
                 f"the Serve proxy, http://127.0.0.1:{port}, also answers"
+            )
+        elif direct:
+            base = f"http://127.0.0.1:{direct[0]}"
+            where = (
+                f"each Ingress replica's own port: {', '.join(map(str, direct))}; spread load over them "
+                f"or use the proxy, http://127.0.0.1:{port}, which does"
             )
         prometheus_line = _maybe_prometheus(state, args.prometheus)
     except Exception:

@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_policy_loads_and_unknown_keys_are_refused(tmp_path: Path) -> None:
-    policy = load_policy(ROOT / "cluster" / "balancer.yaml")
-    assert policy.host == "127.0.0.1" and policy.per_replica_in_flight >= 1
+    for name in ("balancer.yaml", "balancer.graph.yaml"):
+        policy = load_policy(ROOT / "cluster" / name)
+        assert policy.host == "127.0.0.1" and policy.per_replica_in_flight >= 1
     bad = tmp_path / "b.yaml"
     bad.write_text("per_replica_inflight: 4\n")  # a typo must not silently fall back to the default
     with pytest.raises(pydantic.ValidationError, match="per_replica_inflight"):

@@ -41,3 +41,28 @@ def test_each_served_setup_gets_its_own_ratios() -> None:
     assert out["colocated"]["p50_over_floor_p50_c1"] == 1.5
     assert out["colocated"]["max_rps_at_p99_50ms_over_baseline"] == 1.1
     assert out["graph"]["max_rps_at_p99_50ms"] == 120  # its c=1 level: the brownout one does not count
+
+
+def test_overload_rows_hold_goodput_against_capacity_and_p99_against_half_load() -> None:
+    from loadtest.report import _overload_table
+
+    def over(x: float, rps: float, p99: float, n_503: int) -> dict:
+        lv = level(rps, p99)
+        lv.update(mode="open", value=x * 500, overload_x=x, capacity_rps=500.0, n_503=n_503)
+        lv["refused_latency_ms"] = {"p99": 3.0 if n_503 else None}
+        lv["within_1s_rps"] = rps - 5 * (x > 1)
+        return {**lv, "errors": n_503 + 2, "client": {"cpu_pct": 10.0}}
+
+    cat = {
+        "targets": {
+            "colocated": {"levels": [level(500, 40), over(0.5, 250, 40.0, 0), over(3, 460, 80.0, 9_000)]}
+        }
+    }
+    rows = [r for r in _overload_table(cat) if r.startswith("| colocated")]
+    assert rows == [
+        "| colocated | 0.5x (250/s) | 250 (50%) | 250 | 10.0 / 40.0 ms (1.00x half load's) "
+        "| 0 (p99 – ms) | 2 | 10.0 |",
+        "| colocated | 3x (1,500/s) | 460 (92%) | 455 | 20.0 / 80.0 ms (2.00x half load's) "
+        "| 9,000 (p99 3.0 ms) | 2 | 10.0 |",
+    ]
+    assert _overload_table({"targets": {"x": {"levels": [level(500, 40)]}}}) == []
