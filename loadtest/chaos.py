@@ -2,7 +2,8 @@
 
     python -m loadtest.chaos                          # default bundle, cluster/serve_config.yaml
     python -m loadtest.chaos --rate 20 --window 25 --kill-at 8 --faults Ranker,Retriever,store
-    python -m loadtest.chaos --config cluster/serve_config.colocated.yaml --throughput-optimized
+    python -m loadtest.chaos --config cluster/serve_config.colocated.yaml --throughput-optimized \
+        --balancer cluster/balancer.yaml        # make run's setup, through its HAProxy
 
 A Ray head of its own with the app deployed from the config (as `make bench` starts it), then, for each
 fault in turn, open-loop load at `--rate` for `--window` seconds with the fault injected `--kill-at`

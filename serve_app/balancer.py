@@ -21,6 +21,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field
@@ -37,6 +38,9 @@ class BalancerPolicy(Strict):
     port: int = Field(8080, ge=1, le=65_535, description="the port clients use")
     per_replica_in_flight: int = Field(
         4, ge=1, le=1_024, description="requests one ingress replica is given at a time"
+    )
+    balance: Literal["first", "leastconn", "roundrobin"] = Field(
+        "leastconn", description="HAProxy's algorithm; `first` fills one replica to its limit before the next"
     )
     queue: int = Field(8, ge=0, le=100_000, description="requests waiting for a replica; past it, 503")
     queue_timeout_ms: int = Field(200, ge=1, le=60_000, description="a request queued this long gets 503")
@@ -145,7 +149,7 @@ def render(policy: BalancerPolicy, paths: Paths, ports: list[int]) -> str:
             f"if {{ queue({BACKEND}) ge {policy.queue} }}",
             f"    default_backend {BACKEND}",
             f"backend {BACKEND}",
-            "    balance leastconn",
+            f"    balance {policy.balance}",
             "    http-reuse always",
             "    option httpchk GET /healthz",
             "    http-check expect status 200",

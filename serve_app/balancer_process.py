@@ -67,10 +67,10 @@ class Balancer:
             self.paths.error_page(status).write_bytes(error_page(status, self.policy))
         self.paths.config.write_text(render(self.policy, self.paths, ports))
         self.paths.socket.unlink(missing_ok=True)
-        log = (self.paths.run_dir / "haproxy.log").open("a")
-        self.proc = subprocess.Popen(
-            [haproxy_binary(), "-db", "-f", str(self.paths.config)], stdout=log, stderr=subprocess.STDOUT
-        )
+        with (self.paths.run_dir / "haproxy.log").open("a") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [haproxy_binary(), "-db", "-f", str(self.paths.config)], stdout=log, stderr=subprocess.STDOUT
+            )
         self.slots = [*ports, *[None] * (self.policy.max_replicas - len(ports))]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         while not stopping and args.state.exists():
             try:
                 balancer.step()
-            except (OSError, RuntimeError) as exc:  # logged and retried next round: never give up the door
+            except (OSError, RuntimeError, ValueError) as exc:  # logged, retried next round: keep the door
                 print(f"balancer sync failed: {exc}", file=sys.stderr, flush=True)
             balancer.wait(policy.sync_interval_s)
     finally:

@@ -35,7 +35,9 @@ def test_shipped_policy_loads_and_unknown_keys_are_refused(tmp_path: Path) -> No
 
 
 def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
-    policy = BalancerPolicy(port=free_port(), per_replica_in_flight=3, queue=5, max_replicas=4)
+    policy = BalancerPolicy(
+        port=free_port(), per_replica_in_flight=3, queue=5, max_replicas=4, balance="first"
+    )
     paths = Paths(tmp_path)
     for status in (502, 503, 504):
         paths.error_page(status).write_bytes(error_page(status, policy))
@@ -43,7 +45,7 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
     paths.config.write_text(text)
     check = subprocess.run([haproxy_binary(), "-c", "-f", str(paths.config)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "maxconn 3" in text and "queue(ingress) ge 5" in text
+    assert "maxconn 3" in text and "queue(ingress) ge 5" in text and "balance first" in text
     assert text.count("\n    server ") == 4 and text.count(" disabled") == 2
     with pytest.raises(ValueError, match="max_replicas"):
         render(policy, paths, list(range(30001, 30006)))
