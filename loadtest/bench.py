@@ -48,10 +48,10 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-# Served setups: (serve config, direct ingress). With direct ingress the client spreads its load over
-# every ingress replica's own port, as a load balancer on Serve's published target groups would.
+# Served setups: (serve config, direct ingress, the policy of the HAProxy in front or None). With direct
+# ingress and no balancer the client spreads its load over every ingress replica's own port, as a load
+# balancer on Serve's published target groups would.
 BALANCER = ROOT / "cluster" / "balancer.yaml"
-# (serve config, direct ingress, the balancer's policy in front or None)
 SETUPS: dict[str, tuple[Path, bool, Path | None]] = {
     "colocated": (ROOT / "cluster" / "serve_config.colocated.yaml", True, BALANCER),  # make run's default
     # the client spreads over the Ingress replicas' ports itself, as an ideal balancer would
