@@ -57,7 +57,7 @@ def load_policy(path: Path) -> BalancerPolicy:
 
 @dataclass(frozen=True)
 class Paths:
-    """Files of one running balancer, all under its run directory."""
+    """Files of one running balancer: under its run directory, but for the admin socket (below)."""
 
     run_dir: Path
 
