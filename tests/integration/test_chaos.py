@@ -31,27 +31,37 @@ def test_summary_counts_failures_degraded_answers_and_the_last_bad_request() -> 
     assert outcome.max_ms == 10_000.0 and outcome.recovered_s == 3.0
 
 
+def _short_run(
+    built, tmp_path, config: str, faults: str, balancer: str | None = None
+) -> tuple[argparse.Namespace, dict[str, dict]]:
+    """The harness at 15 req/s, 8 s per fault, the fault 2.5 s in: (its options, outcome per fault).
+    With `balancer` (a policy under cluster/), through HAProxy in front of direct ingress, as `make run`."""
+    opts = argparse.Namespace(
+        bundle=built.bundle,
+        repo=built.repo,
+        config=chaos.ROOT / "cluster" / config,
+        throughput_optimized=balancer is not None,
+        balancer=chaos.ROOT / "cluster" / balancer if balancer else None,
+        rate=15.0,
+        window=8.0,
+        kill_at=2.5,
+        outage=3.0,
+        faults=faults,
+        out=tmp_path,
+    )
+    report = chaos.run(opts)
+    return opts, {f["fault"]: f for f in report["faults"]}
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_faults_cost_no_failed_request_and_no_wait_past_the_deadline(built, tmp_path) -> None:
     """At a modest rate: one of the two Ingress replicas SIGKILLed (the other answers), a stage replica
     SIGKILLed (its in-flight requests degrade to the retrieval order or the popularity list), the
     online store locked for 3 s, a corrupt bundle rolled out."""
-    opts = argparse.Namespace(
-        bundle=built.bundle,
-        repo=built.repo,
-        config=chaos.ROOT / "cluster" / "serve_config.yaml",
-        throughput_optimized=False,
-        balancer=None,
-        rate=15.0,
-        window=8.0,
-        kill_at=2.5,
-        outage=3.0,
-        faults="Ingress,Ranker,Retriever,store,corrupt_bundle",
-        out=tmp_path,
+    opts, by_fault = _short_run(
+        built, tmp_path, "serve_config.yaml", "Ingress,Ranker,Retriever,store,corrupt_bundle"
     )
-    report = chaos.run(opts)
-    by_fault = {f["fault"]: f for f in report["faults"]}
     assert set(by_fault) == {"Ingress", "Ranker", "Retriever", "store", "corrupt_bundle"}
     for name, f in by_fault.items():
         assert f["requests"] >= 0.8 * opts.rate * opts.window, (name, f)
@@ -73,21 +83,9 @@ def test_make_runs_front_door_loses_nothing_to_a_dead_ingress_or_proxy(built, tm
     Ingress replicas' own ports. A killed Ingress replica costs nothing (HAProxy sends what it held to
     the other one, and follows its successor's port), the Serve proxy is off the path, and a killed
     HAProxy is started again at once by its supervisor."""
-    opts = argparse.Namespace(
-        bundle=built.bundle,
-        repo=built.repo,
-        config=chaos.ROOT / "cluster" / "serve_config.colocated.yaml",
-        throughput_optimized=True,
-        balancer=chaos.ROOT / "cluster" / "balancer.yaml",
-        rate=15.0,
-        window=8.0,
-        kill_at=2.5,
-        outage=3.0,
-        faults="Ingress,proxy,haproxy",
-        out=tmp_path,
+    opts, by_fault = _short_run(
+        built, tmp_path, "serve_config.colocated.yaml", "Ingress,proxy,haproxy", balancer="balancer.yaml"
     )
-    report = chaos.run(opts)
-    by_fault = {f["fault"]: f for f in report["faults"]}
     for name in ("Ingress", "proxy"):
         f = by_fault[name]
         assert f["requests"] >= 0.8 * opts.rate * opts.window, (name, f)
