@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -29,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import psutil
 
 from serve_app.balancer import BalancerPolicy, Paths, apply, error_page, load_policy, plan, render
 
@@ -198,7 +196,7 @@ def start_for_cluster(
         stdout=log,
         stderr=subprocess.STDOUT,
         env=cluster_env(token_path=state["token_path"]),
-        start_new_session=True,  # its own process group: stop_group ends it and its HAProxy together
+        start_new_session=True,  # its own process group: local_cluster.stop ends it and its HAProxy
         cwd=ROOT,
     )
     url = f"http://{policy.host}:{port}"
@@ -213,28 +211,6 @@ def start_for_cluster(
                 return url
         time.sleep(0.3)
     raise RuntimeError(f"nothing answered through the balancer on {url} within 60 s; see {log.name}")
-
-
-def stop_group(pid: int, timeout_s: float = 10) -> bool:
-    """End the balancer started as `pid` and its HAProxy (one process group, even if HAProxy was
-    orphaned); True if anything was running."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        procs = [p for p in psutil.process_iter() if _pgid(p.pid) == pid]
-        os.killpg(pid, signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=timeout_s)
-        for p in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(alive, timeout=5)
-        return bool(procs)
-    return False
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except (ProcessLookupError, PermissionError):
-        return None
 
 
 if __name__ == "__main__":

@@ -224,18 +224,19 @@ def direct_ingress_ports(state: dict, proxy_port: int, app: str = "recsys") -> l
 def stop(state_file: Path = STATE) -> bool:
     """Terminate the process tree of the head this checkout started, its worker node's process group
     (serve_app/worker_node.py), its balancer and its redis-server if it has them; True if there was any."""
-    from serve_app import balancer_process, worker_node
+    from serve_app import worker_node
 
     if not state_file.exists():
         return False
     state = json.loads(state_file.read_text())
-    stopped_balancer = "balancer" in state and balancer_process.stop_group(state["balancer"]["pid"])
     try:
         root = psutil.Process(state["pid"])
         tree = [*root.children(recursive=True), root]
     except psutil.NoSuchProcess:
         tree = []
     tree += [p for p in worker_node.processes(state) if p not in tree]
+    # the balancer and its HAProxy: one process group (serve_app/balancer_process.py), even if orphaned
+    tree += [p for p in process_group(state.get("balancer", {}).get("pid")) if p not in tree]
     for p in tree:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(signal.SIGTERM)
@@ -251,7 +252,24 @@ def stop(state_file: Path = STATE) -> bool:
     state_file.unlink(missing_ok=True)
     if state.get("token_path"):
         Path(state["token_path"]).unlink(missing_ok=True)
-    return bool(tree) or stopped_redis or stopped_balancer
+    return bool(tree) or stopped_redis
+
+
+def process_group(pgid: int | None) -> list[psutil.Process]:
+    """Every process of the process group `pgid` (one we started with start_new_session) and what those
+    started, even in groups of their own (Ray puts each worker process in one); [] for None."""
+    if not pgid:
+        return []
+    group = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            if os.getpgid(p.pid) == pgid:
+                group.append(p)
+    found = {p.pid: p for p in group}
+    for p in group:
+        with contextlib.suppress(psutil.Error):
+            found.update((c.pid, c) for c in p.children(recursive=True))
+    return list(found.values())
 
 
 def start_prometheus(state: dict, state_file: Path = STATE, scrape_interval_s: float | None = None) -> str:

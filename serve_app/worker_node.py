@@ -149,19 +149,7 @@ def place(config: Path, out: Path) -> Path:
 def processes(state: dict) -> list[psutil.Process]:
     """Every process of the worker node: its process group (`ray start`, the raylet, the agents) and
     what those started (Ray puts each worker process, a replica say, in a process group of its own)."""
-    pgid = state.get("worker", {}).get("pid")
-    if not pgid:
-        return []
-    group = []
-    for p in psutil.process_iter():
-        with contextlib.suppress(ProcessLookupError, psutil.Error):
-            if os.getpgid(p.pid) == pgid:
-                group.append(p)
-    found = {p.pid: p for p in group}
-    for p in group:
-        with contextlib.suppress(psutil.Error):
-            found.update((c.pid, c) for c in p.children(recursive=True))
-    return list(found.values())
+    return local_cluster.process_group(state.get("worker", {}).get("pid"))
 
 
 def kill(state: dict) -> int:
