@@ -17,11 +17,8 @@ Writes <out>/<timestamp>/hop_cost.{json,md} and copies them to <out>/latest/.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,41 +85,18 @@ def deploy() -> Any:
     return serve.run(Caller.bind(Echo.bind()), name="hop-cost", route_prefix=None)
 
 
-@contextlib.contextmanager
-def driver_of(state: dict[str, Any]) -> Iterator[None]:
-    """This process as a driver of the head in `state`, with its token; as it was again after."""
-    import ray
-    from ray._raylet import AuthenticationTokenLoader
-
-    from serve_app import local_cluster
-
-    saved = dict(os.environ)
-    os.environ.update(local_cluster.cluster_env(None, state["token_path"]))
-    # Ray keeps the token a process first read: a process that drove another cluster (a test
-    # session's) would present that one.
-    AuthenticationTokenLoader.instance().reset_cache()
-    try:
-        ray.init(address=state["gcs"], log_to_driver=False)
-        yield
-    finally:
-        ray.shutdown()
-        os.environ.clear()
-        os.environ.update(saved)
-        AuthenticationTokenLoader.instance().reset_cache()
-
-
 def run(calls: int, warmup: int = 50) -> dict[str, Any]:
     from loadtest.stats import machine
-    from serve_app import local_cluster
+    from serve_app import local_cluster, ray_head
 
     report: dict[str, Any] = {"machine": machine(), "calls": calls, "warmup": warmup, "variants": []}
     with tempfile.TemporaryDirectory(prefix="hop-cost-") as tmp:
         state_file = Path(tmp) / "cluster.json"
-        state = local_cluster.start_head(state_file, throughput_optimized=True)
+        state = ray_head.start_head(state_file, throughput_optimized=True)
         report["head_pid"] = state["pid"]
         try:
             # The driver only deploys and asks; the calls measured are made inside the Caller replica.
-            with driver_of(state):
+            with ray_head.driver_of(state):
                 caller = deploy()
                 payloads = {"tiny": [1, 2, 3], "candidates": candidates_payload()}
                 for name, payload, by_reference, batched, hops in VARIANTS:

@@ -100,7 +100,7 @@ def served_target(
     With `balancer` (a policy file, and `throughput_optimized`), the port is HAProxy's in front of the
     ingress ports, as `make run` starts it (serve_app/balancer_process.py); info["ingress_ports"] has theirs.
     """
-    from serve_app import local_cluster, worker_node
+    from serve_app import local_cluster, ray_head, worker_node
 
     home = recsys_home(bundle, repo, work)
     state_file = work / "ray" / "cluster.json"
@@ -110,7 +110,7 @@ def served_target(
     if nodes == 2:
         state = worker_node.start_cluster(state_file, env=env, throughput_optimized=throughput_optimized)
     else:
-        state = local_cluster.start_head(state_file, env=env, throughput_optimized=throughput_optimized)
+        state = ray_head.start_head(state_file, env=env, throughput_optimized=throughput_optimized)
     failed = True
     try:
         (worker_node.deploy if nodes == 2 else local_cluster.deploy)(state, config, http_port=port)

@@ -170,7 +170,7 @@ def start_for_cluster(
 ) -> str:
     """Start the balancer for the cluster in `state`, recorded in its state file (so local_cluster.stop
     ends it), and wait until a request through it reaches an ingress replica; its URL."""
-    from serve_app.local_cluster import ROOT, cluster_env
+    from serve_app.ray_head import ROOT, cluster_env
 
     policy = load_policy(policy_path)
     port = port or policy.port

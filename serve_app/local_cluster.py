@@ -1,13 +1,6 @@
-"""Pieces of a local Ray cluster with the app deployed by `serve deploy` (`make run`: serve_app/make_run.py).
-
-The head runs as `ray start --head --block` in its own session; everything Ray starts for it (GCS,
-raylet, dashboard, workers) descends from that one process, so `stop` ends exactly that process tree
-and nothing else Ray may be running on the machine.
-
-Ray's token authentication is on (`RAY_AUTH_MODE=token`): each head gets a fresh 256-bit token in a
-0600 file next to its state (`RAY_AUTH_TOKEN_PATH`), which `ray start`, `serve deploy` and every
-process of the cluster read; calls to the dashboard's REST API carry it as a bearer token. Without
-it, anyone who reaches one of the cluster's ports could submit a job and run code.
+"""Pieces of a local Ray cluster with the app deployed by `serve deploy` (`make run`: serve_app/make_run.py):
+its head (serve_app/ray_head.py), deploy, readiness, the ports Serve publishes, and `stop`, which ends
+the head's process tree and what was started beside it.
 
 `--store redis` (`make run STORE=redis`): a loaded redis-server under `.run/redis/` as the online store
 (serve_app/redis_store.py), recorded in the state file, so `stop` ends it too.
@@ -16,14 +9,10 @@ it, anyone who reaches one of the cluster's ports could submit a job and run cod
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import secrets
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,119 +21,7 @@ import psutil
 import yaml
 
 from serve_app import redis_server, redis_store
-from serve_app.ports import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-STATE = ROOT / ".run" / "cluster.json"
-BIN = Path(sys.executable).parent
-
-
-def cluster_env(extra: dict[str, str] | None = None, token_path: str | None = None) -> dict[str, str]:
-    """This process's environment for a Ray process or driver of ours: token auth on (with `token_path`,
-    that cluster's token file), no usage stats."""
-    env = {
-        **os.environ,
-        **(extra or {}),
-        "RAY_AUTH_MODE": "token",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "FEAST_DISABLE_USAGE": "1",
-    }
-    if token_path is not None:
-        env.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the cluster's own file
-        env["RAY_AUTH_TOKEN_PATH"] = token_path
-    return env
-
-
-def new_token_file(path: Path) -> Path:
-    """A fresh random token (what `ray get-auth-token --generate` makes), readable by this user only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    return path
-
-
-def auth_headers(state: dict) -> dict[str, str]:
-    """The bearer header the dashboard's REST API requires from clients of this head."""
-    return {"Authorization": f"Bearer {Path(state['token_path']).read_text().strip()}"}
-
-
-def _alive(state: dict) -> bool:
-    return psutil.pid_exists(state["pid"]) and psutil.Process(state["pid"]).status() != psutil.STATUS_ZOMBIE
-
-
-def start_head(
-    state_file: Path = STATE,
-    num_cpus: int = 2,
-    env: dict[str, str] | None = None,
-    throughput_optimized: bool = False,
-    labels: dict[str, str] | None = None,
-) -> dict:
-    """Start a Ray head bound to 127.0.0.1 and wait until its dashboard (serve deploy's API) answers.
-
-    `env` reaches every replica (e.g. RECSYS_HOME, which relative paths in the app args resolve against).
-    `throughput_optimized` sets RAY_SERVE_THROUGHPUT_OPTIMIZED=1: the ingress replica also serves HTTP
-    on a port of its own (direct ingress, bound to the config's host), and stages talk over gRPC.
-    `labels`: the node's Ray labels (`recsys-node=head` with a worker node, serve_app/worker_node.py).
-    """
-    if throughput_optimized:
-        env = {**(env or {}), "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-    gcs, dashboard, metrics = free_port(), free_port(), free_port()
-    # Short and unique per checkout: Ray's socket paths must stay under 107 characters.
-    temp_dir = (
-        Path(tempfile.gettempdir()) / f"recsys-ray-{hashlib.sha1(str(state_file).encode()).hexdigest()[:8]}"
-    )
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    token = new_token_file(state_file.with_name(f"{state_file.stem}.token"))
-    log = (state_file.parent / "ray-head.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={gcs}",
-            f"--num-cpus={num_cpus}",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            f"--metrics-export-port={metrics}",  # known in advance: `make run` prints it
-            "--disable-usage-stats",
-            f"--temp-dir={temp_dir}",
-            *(["--labels=" + ",".join(f"{k}={v}" for k, v in labels.items())] if labels else []),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=cluster_env(env, str(token)),
-        start_new_session=True,
-        cwd=ROOT,
-    )
-    state = {
-        "pid": proc.pid,
-        "gcs": f"127.0.0.1:{gcs}",
-        "dashboard": f"http://127.0.0.1:{dashboard}",
-        "temp_dir": str(temp_dir),
-        "session_dir": str(temp_dir / "session_latest"),
-        "metrics": f"http://127.0.0.1:{metrics}/metrics",
-        "throughput_optimized": throughput_optimized,
-        "token_path": str(token),
-    }
-    state_file.write_text(json.dumps(state))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}; see {log.name}")
-        try:
-            answer = httpx.get(f"{state['dashboard']}/api/version", headers=auth_headers(state), timeout=2)
-            if answer.status_code == 200:
-                return state
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    stop(state_file)
-    raise RuntimeError(f"Ray head did not come up within 120 s; see {log.name}")
+from serve_app.ray_head import BIN, ROOT, STATE, auth_headers, cluster_env
 
 
 def start_redis(state: dict, repo: Path, state_file: Path = STATE) -> redis_server.RedisServer:

@@ -13,17 +13,14 @@ import yaml
 from serve_app import balancer_process, worker_node
 from serve_app.config import resolve_path
 from serve_app.local_cluster import (
-    ROOT,
-    STATE,
-    _alive,
     deploy,
     direct_ingress_ports,
-    start_head,
     start_prometheus,
     start_redis,
     stop,
     wait_healthy,
 )
+from serve_app.ray_head import ROOT, STATE, _alive, start_head
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,8 +31,9 @@ import psutil
 import yaml
 
 from serve_app import local_cluster
-from serve_app.local_cluster import BIN, ROOT, STATE, auth_headers, cluster_env, start_head, stop
+from serve_app.local_cluster import stop
 from serve_app.ports import free_port
+from serve_app.ray_head import BIN, ROOT, STATE, auth_headers, cluster_env, start_head
 
 LABEL = "recsys-node"
 HEAD_LABELS = {LABEL: "head"}

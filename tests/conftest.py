@@ -17,14 +17,14 @@ import psutil
 import pytest
 
 from serve_app import redis_server
-from serve_app.local_cluster import new_token_file
 from serve_app.ports import free_port
+from serve_app.ray_head import new_token_file
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 
-# Ray's token auth stays on in tests too: ray.init and the heads of serve_app.local_cluster read a
-# token file (each head makes its own); this one serves the session's in-process clusters.
+# Ray's token auth stays on in tests too: each head (serve_app/ray_head.py) makes a token file of its
+# own, which its drivers read; this one is what a Ray client in a test reads when it names no head.
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.pop("RAY_AUTH_TOKEN", None)
 _TOKEN_DIR = tempfile.mkdtemp(prefix="recsys-test-ray-")
@@ -36,19 +36,31 @@ os.environ.setdefault("FEAST_DISABLE_USAGE", "1")
 
 @contextlib.contextmanager
 def local_serve(namespace: str) -> Iterator[int]:
-    """A local Ray cluster of this test process (2 CPUs, no dashboard) with Serve's HTTP on a free
-    loopback port; yields the port, and shuts Serve and Ray down after."""
-    import ray
+    """A local Ray head of its own (2 CPUs, no dashboard) driven by this test process, with Serve's HTTP
+    on a free loopback port; yields the port, and shuts Serve down and stops the head after.
+
+    The head is `ray start` in a process of its own, not `ray.init()` here: this process keeps gRPC
+    threads from the clusters it drove before, and a head started in-process is forked from it with
+    Python code to run before exec, which can hang (CI saw the GCS never write its port file).
+    """
     from ray import serve
 
+    from serve_app import local_cluster, ray_head
+
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, address="local", namespace=namespace)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        yield port
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with tempfile.TemporaryDirectory(prefix="recsys-test-head-") as tmp:
+        state_file = Path(tmp) / "cluster.json"
+        state = ray_head.start_head(state_file, dashboard=False)
+        try:
+            with ray_head.driver_of(state, namespace=namespace, log_to_driver=True):
+                serve.start(http_options={"host": "127.0.0.1", "port": port})
+                try:
+                    yield port
+                finally:
+                    serve.shutdown()
+        finally:
+            local_cluster.stop(state_file)
+            shutil.rmtree(state["temp_dir"], ignore_errors=True)
 
 
 def running(pid: int) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_app import cluster_audit, local_cluster
+from serve_app import cluster_audit, local_cluster, ray_head
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 # Ray's Prometheus exporters: read-only, unauthenticated, bound to all interfaces by Ray itself.
@@ -24,7 +24,7 @@ METRICS_EXPORTERS = {"dashboard.py", "monitor.py", "ray::DashboardAgent"}
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory):
     state_file = tmp_path_factory.mktemp("secure") / "cluster.json"
-    state = local_cluster.start_head(state_file)
+    state = ray_head.start_head(state_file)
     try:
         yield state
     finally:
@@ -39,7 +39,7 @@ def test_the_job_api_refuses_callers_without_the_token(head: dict) -> None:
     assert submit.status_code == 401, submit.text
     wrong = httpx.get(jobs, headers={"Authorization": f"Bearer {'0' * 64}"}, timeout=10)
     assert wrong.status_code == 403
-    assert httpx.get(jobs, headers=local_cluster.auth_headers(head), timeout=10).status_code == 200
+    assert httpx.get(jobs, headers=ray_head.auth_headers(head), timeout=10).status_code == 200
 
 
 def test_each_head_has_its_own_private_token(head: dict, tmp_path: Path) -> None:
@@ -47,7 +47,7 @@ def test_each_head_has_its_own_private_token(head: dict, tmp_path: Path) -> None
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     token = path.read_text()
     assert len(token) == 64 and int(token, 16) >= 0
-    other = local_cluster.new_token_file(tmp_path / "other.token").read_text()
+    other = ray_head.new_token_file(tmp_path / "other.token").read_text()
     assert other != token
 
 

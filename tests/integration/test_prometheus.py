@@ -132,7 +132,7 @@ def cluster(built, tmp_path_factory):
     sampled for recall and every request logged), and its Prometheus."""
     if prometheus.binary() is None:
         pytest.skip("prometheus not installed (.ci/run installs Debian's prometheus)")
-    from serve_app import local_cluster
+    from serve_app import local_cluster, ray_head
 
     tmp = tmp_path_factory.mktemp("observed")
     home = tmp / "home"
@@ -147,7 +147,7 @@ def cluster(built, tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     state_file = tmp / "cluster.json"
-    state = local_cluster.start_head(state_file, env={"RECSYS_HOME": str(home)})
+    state = ray_head.start_head(state_file, env={"RECSYS_HOME": str(home)})
     try:
         local_cluster.deploy(state, deployed, http_port=port)
         local_cluster.wait_healthy(f"http://127.0.0.1:{port}", state, timeout_s=240)

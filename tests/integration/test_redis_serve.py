@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_app import local_cluster, redis_server
+from serve_app import local_cluster, ray_head, redis_server
 from serve_app.bundle import load_bundle
 from serve_app.config import SERVING_DEFAULTS
 from serve_app.ports import free_port
@@ -34,7 +34,7 @@ def test_the_app_on_redis_answers_like_sqlite_and_stop_ends_redis_too(built, tmp
     state_file = tmp_path / "cluster.json"
     # The replicas get the Redis address from the app's runtime_env only: not from this process.
     assert "REDIS_CONNECTION_STRING" not in os.environ
-    state = local_cluster.start_head(state_file, env={"RECSYS_HOME": str(home)})
+    state = ray_head.start_head(state_file, env={"RECSYS_HOME": str(home)})
     server = None
     try:
         server = local_cluster.start_redis(state, built.repo, state_file)

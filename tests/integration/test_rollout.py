@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from loadtest.new_items import closest_users, rating_events
-from serve_app import local_cluster, rollout
+from serve_app import local_cluster, ray_head, rollout
 from serve_app.bundle import load_bundle
 from serve_app.canary import Split
 from serve_app.cli import main as recsys
@@ -61,7 +61,7 @@ def service(two_models, tmp_path_factory):
     """A head started here with the shipped graph config deployed, serving A; its token in the env."""
     home = two_models[0]
     state_file = tmp_path_factory.mktemp("head") / "cluster.json"
-    state = local_cluster.start_head(state_file, env={"RECSYS_HOME": str(home)})
+    state = ray_head.start_head(state_file, env={"RECSYS_HOME": str(home)})
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with pytest.MonkeyPatch.context() as env:

@@ -67,7 +67,7 @@ def test_unknown_app_arg_is_rejected():
 @pytest.mark.slow
 @pytest.mark.ray
 def test_serve_deploy_against_a_head_started_here(built, tmp_path):
-    from serve_app import local_cluster
+    from serve_app import local_cluster, ray_head
 
     # RECSYS_HOME holds what the config's relative paths name: artifacts/current and feature_repo.
     home = tmp_path / "home"
@@ -84,7 +84,7 @@ def test_serve_deploy_against_a_head_started_here(built, tmp_path):
     with_rule = tmp_path / "serve_config.rule.yaml"
     with_rule.write_text(yaml.safe_dump(config))
     state_file = tmp_path / "cluster.json"
-    state = local_cluster.start_head(state_file, env={"RECSYS_HOME": str(home)})
+    state = ray_head.start_head(state_file, env={"RECSYS_HOME": str(home)})
     try:
         local_cluster.deploy(state, with_rule, http_port=port)
         local_cluster.wait_healthy(f"http://127.0.0.1:{port}", state, timeout_s=240)
