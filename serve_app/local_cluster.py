@@ -114,22 +114,39 @@ def stop(state_file: Path = STATE) -> bool:
     tree += [p for p in worker_node.processes(state) if p not in tree]
     # the balancer and its HAProxy: one process group (serve_app/balancer_process.py), even if orphaned
     tree += [p for p in process_group(state.get("balancer", {}).get("pid")) if p not in tree]
-    for p in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.send_signal(signal.SIGTERM)
     tree += _prometheus_processes(state)
-    _, alive = psutil.wait_procs(tree, timeout=15)
-    for p in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    # SIGKILL is delivered asynchronously: return only once the survivors are gone, so a caller that
-    # starts a new cluster or checks for leftovers right after does not race their exit.
-    psutil.wait_procs(alive, timeout=10)
+    # The roots first: `ray start --block` shuts its GCS, raylet and agents down in order (about 2 s);
+    # sent to all at once, those wait on each other and need the SIGKILL 15 s later. Then whatever is
+    # left (an orphan whose parent died, a process that ignored it), then SIGKILL.
+    pids = {p.pid for p in tree}
+    roots = [p for p in tree if _parent_pid(p) not in pids]
+    alive = tree
+    for victims, signum, wait_s in (
+        (roots, signal.SIGTERM, 10),
+        (tree, signal.SIGTERM, 5),
+        (tree, signal.SIGKILL, 10),
+    ):
+        for p in victims:
+            if p in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.send_signal(signum)
+        # SIGKILL too is delivered asynchronously: return only once the processes are gone, so a caller
+        # that starts a new cluster or checks for leftovers right after does not race their exit.
+        _, alive = psutil.wait_procs(alive, timeout=wait_s)
+        if not alive:
+            break
     stopped_redis = "redis" in state and redis_server.stop(redis_server.RedisServer(**state["redis"]))
     state_file.unlink(missing_ok=True)
     if state.get("token_path"):
         Path(state["token_path"]).unlink(missing_ok=True)
     return bool(tree) or stopped_redis
+
+
+def _parent_pid(p: psutil.Process) -> int | None:
+    try:
+        return p.ppid()
+    except psutil.Error:
+        return None
 
 
 def process_group(pgid: int | None) -> list[psutil.Process]:
