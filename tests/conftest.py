@@ -52,7 +52,7 @@ def local_serve(namespace: str) -> Iterator[int]:
         state_file = Path(tmp) / "cluster.json"
         state = ray_head.start_head(state_file, dashboard=False)
         try:
-            with ray_head.driver_of(state, namespace=namespace, log_to_driver=True):
+            with ray_head.driver_of(state, namespace=namespace):
                 serve.start(http_options={"host": "127.0.0.1", "port": port})
                 try:
                     yield port

@@ -19,6 +19,7 @@ from serve_app import cluster_audit, local_cluster, ray_head
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 # Ray's Prometheus exporters: read-only, unauthenticated, bound to all interfaces by Ray itself.
 METRICS_EXPORTERS = {"dashboard.py", "monitor.py", "ray::DashboardAgent"}
+NO_SERVICE_YET = "gRPC no known Ray service answered"
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,11 @@ def test_no_socket_of_the_cluster_answers_a_caller_without_the_token(head: dict)
             break
         time.sleep(1)
     results = cluster_audit.audit(head["pid"])
+    # An agent's gRPC port listens a moment before its services are on it (then every probe answers
+    # UNIMPLEMENTED, seen once in CI): audit again until that passes. Any other answer counts at once.
+    while time.monotonic() < deadline and any(detail.startswith(NO_SERVICE_YET) for _, _, detail in results):
+        time.sleep(1)
+        results = cluster_audit.audit(head["pid"])
     report = "\n".join(f"{s} {kind} {detail}" for s, kind, detail in results)
     assert not [r for r in results if r[1] == "open"], report
     assert {s.process for s, kind, _ in results if kind == "metrics"} <= METRICS_EXPORTERS, report
