@@ -95,36 +95,37 @@ def start_head(
     )
     state_file.parent.mkdir(parents=True, exist_ok=True)
     token = new_token_file(state_file.with_name(f"{state_file.stem}.token"))
-    log = (state_file.parent / "ray-head.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={gcs}",
-            f"--num-cpus={num_cpus}",
-            *(
-                [
-                    "--include-dashboard=true",
-                    "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dashboard_port}",
-                ]
-                if dashboard
-                else ["--include-dashboard=false"]
-            ),
-            f"--metrics-export-port={metrics}",  # known in advance: `make run` prints it
-            "--disable-usage-stats",
-            f"--temp-dir={temp_dir}",
-            *(["--labels=" + ",".join(f"{k}={v}" for k, v in labels.items())] if labels else []),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=cluster_env(env, str(token)),
-        start_new_session=True,
-        cwd=ROOT,
-    )
+    log = state_file.parent / "ray-head.log"
+    with log.open("w") as out:  # the child keeps its own copy of the file
+        proc = subprocess.Popen(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--port={gcs}",
+                f"--num-cpus={num_cpus}",
+                *(
+                    [
+                        "--include-dashboard=true",
+                        "--dashboard-host=127.0.0.1",
+                        f"--dashboard-port={dashboard_port}",
+                    ]
+                    if dashboard
+                    else ["--include-dashboard=false"]
+                ),
+                f"--metrics-export-port={metrics}",  # known in advance: `make run` prints it
+                "--disable-usage-stats",
+                f"--temp-dir={temp_dir}",
+                *(["--labels=" + ",".join(f"{k}={v}" for k, v in labels.items())] if labels else []),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=cluster_env(env, str(token)),
+            start_new_session=True,
+            cwd=ROOT,
+        )
     state = {
         "pid": proc.pid,
         "gcs": f"127.0.0.1:{gcs}",
@@ -139,14 +140,14 @@ def start_head(
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{_tail(Path(log.name))}")
-        if _head_ready(state, Path(log.name)):
+            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{_tail(log)}")
+        if _head_ready(state, log):
             return state
         time.sleep(0.5)
     from serve_app import local_cluster  # it imports this module
 
     local_cluster.stop(state_file)
-    raise RuntimeError(f"Ray head did not come up within 120 s:\n{_tail(Path(log.name))}")
+    raise RuntimeError(f"Ray head did not come up within 120 s:\n{_tail(log)}")
 
 
 def _head_ready(state: dict, log: Path) -> bool:
