@@ -176,41 +176,42 @@ def start_for_cluster(
     port = port or policy.port
     run_dir = state_file.parent / f"{state_file.stem}-balancer"
     run_dir.mkdir(parents=True, exist_ok=True)
-    log = (run_dir / "balancer.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serve_app.balancer_process",
-            "--state",
-            str(state_file),
-            "--policy",
-            str(policy_path),
-            "--proxy-port",
-            str(proxy_port),
-            "--run-dir",
-            str(run_dir),
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=cluster_env(token_path=state["token_path"]),
-        start_new_session=True,  # its own process group: local_cluster.stop ends it and its HAProxy
-        cwd=ROOT,
-    )
+    log = run_dir / "balancer.log"
+    with log.open("w") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "serve_app.balancer_process",
+                "--state",
+                str(state_file),
+                "--policy",
+                str(policy_path),
+                "--proxy-port",
+                str(proxy_port),
+                "--run-dir",
+                str(run_dir),
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=cluster_env(token_path=state["token_path"]),
+            start_new_session=True,  # its own process group: local_cluster.stop ends it and its HAProxy
+            cwd=ROOT,
+        )
     url = f"http://{policy.host}:{port}"
     state["balancer"] = {"pid": proc.pid, "url": url, "run_dir": str(run_dir)}
     state_file.write_text(json.dumps(state))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the balancer exited with {proc.returncode}; see {log.name}")
+            raise RuntimeError(f"the balancer exited with {proc.returncode}; see {log}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return url
         time.sleep(0.3)
-    raise RuntimeError(f"nothing answered through the balancer on {url} within 60 s; see {log.name}")
+    raise RuntimeError(f"nothing answered through the balancer on {url} within 60 s; see {log}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from serve_app.local_cluster import (
     stop,
     wait_healthy,
 )
-from serve_app.ray_head import ROOT, STATE, _alive, start_head
+from serve_app.ray_head import ROOT, STATE, head_alive, start_head
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             else "no local Ray cluster from this checkout is running"
         )
         return 0
-    if STATE.exists() and _alive(json.loads(STATE.read_text())):
+    if STATE.exists() and head_alive(json.loads(STATE.read_text())):
         print("a local Ray cluster from this checkout is already running; `make stop` first to restart it")
         return 1
     stop()  # what a run whose head died left behind (its redis-server, say)

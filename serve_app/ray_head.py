@@ -65,7 +65,8 @@ def auth_headers(state: dict) -> dict[str, str]:
     return {"Authorization": f"Bearer {Path(state['token_path']).read_text().strip()}"}
 
 
-def _alive(state: dict) -> bool:
+def head_alive(state: dict) -> bool:
+    """The head in `state` still runs (not exited, nor left as a zombie)."""
     return psutil.pid_exists(state["pid"]) and psutil.Process(state["pid"]).status() != psutil.STATUS_ZOMBIE
 
 
