@@ -25,7 +25,7 @@ BALANCER ?= cluster/balancer.yaml
 PROMETHEUS ?= auto
 # make run STORE=redis: the online store is a redis-server started under .run/ (see README, Redis online store)
 STORE ?= sqlite
-# Ray's token auth, always on: serve_app/local_cluster.py gives each head it starts its own token.
+# Ray's token auth, always on: harness/cluster.py gives each head it starts its own token.
 export RAY_AUTH_MODE = token
 export RAY_USAGE_STATS_ENABLED ?= 0
 export FEAST_DISABLE_USAGE ?= 1
@@ -54,12 +54,12 @@ retrain: install
 
 run: install
 	@test -e $(ARTIFACTS)/current || $(MAKE) --no-print-directory build
-	$(BIN)/python -m serve_app.make_run start --config $(SERVE_CONFIG) --prometheus $(PROMETHEUS) \
+	$(BIN)/python -m harness start --config $(SERVE_CONFIG) --prometheus $(PROMETHEUS) \
 		--store $(STORE) --nodes $(NODES) --balancer $(BALANCER) \
 		$(if $(filter 1,$(THROUGHPUT_OPTIMIZED)),--throughput-optimized)
 
 stop:
-	@test -x $(BIN)/python && $(BIN)/python -m serve_app.make_run stop || true
+	@test -x $(BIN)/python && $(BIN)/python -m harness stop || true
 
 test: install
 	$(BIN)/pytest -q

@@ -27,7 +27,7 @@ item_source = FileSource(
 )
 
 # Fresh user features (a new embedding after a session, with its model id; updated counts) are pushed
-# here in real time by POST /events (serve_app/event_ingest.py):
+# here in real time by POST /events (serve_app/events/ingest.py):
 #   store.push("user_push", df, to=PushMode.ONLINE_AND_OFFLINE)
 user_push = PushSource(name="user_push", batch_source=user_source)
 
@@ -83,7 +83,7 @@ item_features = FeatureView(
     source=item_source,
 )
 
-# Exactly what the ranker consumes, in the order serve_app/features.py expects (checked at build time).
+# Exactly what the ranker consumes, in the order serve_app/core/features.py expects (checked at build time).
 ranker_v1 = FeatureService(
     name="ranker_v1",
     features=[

@@ -16,10 +16,16 @@ from pathlib import Path
 import yaml
 from fastapi import FastAPI, Request
 
-from serve_app.config import AppArgs, ServingSettings
-from serve_app.http import create_api
-from serve_app.request_flow import in_process_flow, to_response
-from serve_app.schemas import HealthResponse, RecommendRequest, RecommendResponse, VersionResponse
+from serve_app.api.http import create_api
+from serve_app.api.schemas import (
+    HealthResponse,
+    RecommendRequest,
+    RecommendResponse,
+    VersionResponse,
+    to_response,
+)
+from serve_app.core.settings import AppArgs, ServingSettings
+from serve_app.request.flow import in_process_flow
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = ROOT / "cluster" / "serve_config.yaml"

@@ -167,7 +167,7 @@ class Chaos:
         return summarise(fault, out[0], fault_at, note)
 
     def inject_for(self, fault: str, state: dict, config: Path, bundle: Path, repo: Path, work: Path):
-        from serve_app import local_cluster
+        from harness import cluster
 
         if fault == "store":
             return lambda: (lock_store(repo, self.opts.outage), f"store locked {self.opts.outage:g} s")[1]
@@ -176,14 +176,14 @@ class Chaos:
             def corrupt() -> str:
                 bad = corrupt_copy(bundle, work / "corrupt-bundle")
                 rolled = rollout_config(config, bad, work / "corrupt.yaml")
-                local_cluster.deploy(state, rolled, http_port=self.proxy_port)
+                cluster.deploy(state, rolled, http_port=self.proxy_port)
                 return "refused at load; the old bundle kept serving"
 
             return corrupt
 
         def kill() -> str:
             procs = self.procs()
-            if fault == "haproxy":  # the balancer's, not a Ray process (serve_app/balancer_process.py)
+            if fault == "haproxy":  # the balancer's, not a Ray process (serve_app/door.py)
                 procs = psutil.Process(state["balancer"]["pid"]).children()
             victim = find(procs, fault)
             victim.send_signal(signal.SIGKILL)
@@ -202,9 +202,9 @@ def wait_recovered(port: int, bundle: Path, timeout_s: float = 120) -> float:
 
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
+    from harness import cluster
     from loadtest.stats import machine
     from loadtest.targets import half_capacity, run_inputs, served_target
-    from serve_app import local_cluster
 
     bundle, repo, config, work, payloads = run_inputs(opts, 50_000)
     faults = opts.faults.split(",") if opts.faults else [*deployments_of(config), "controller", "proxy"]
@@ -228,7 +228,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         for fault in faults:
             outcome = chaos.run(fault, chaos.inject_for(fault, state, config, bundle, repo, work))
             if fault == "corrupt_bundle":  # back to the config as shipped before the next fault
-                local_cluster.deploy(state, config, http_port=chaos.proxy_port)
+                cluster.deploy(state, config, http_port=chaos.proxy_port)
             back_s = wait_recovered(port, bundle)
             report["faults"].append({**outcome.__dict__, "ready_again_after_window_s": round(back_s, 1)})
             print(outcome.row(), flush=True)

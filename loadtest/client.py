@@ -1,6 +1,6 @@
 """Load client: worker processes, each one asyncio loop over raw HTTP/1.1 keep-alive connections.
 
-Why raw: an httpx AsyncClient tops out near 400 req/s at 100% CPU here (design.md section 5), below
+Why raw: an httpx AsyncClient tops out near 400 req/s at 100% CPU here (docs/decisions.md), below
 what the single-process baseline serves; pre-encoded requests over asyncio streams cost a few µs.
 Closed loop: C connections, each sends its next request as soon as the previous answer arrives.
 Open loop: Poisson arrivals at a fixed rate; latency counts from the *scheduled* send time, so a slow

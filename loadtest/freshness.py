@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from loadtest.targets import SERVE_CONFIG, served_target
-from serve_app.bundle import load_bundle
+from serve_app.core.bundle import load_bundle
 
 POLL_S = 0.01
 

@@ -9,7 +9,7 @@ its own with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (as `make bench` runs the graph), 
 calls an `Echo` replica one call at a time (concurrency 1) and times each call where the ingress would,
 for each transport Ray's handles offer (gRPC, the default in that mode; by reference through the object
 store), with a payload shaped like a retrieval's answer (a `Scored` of 200 candidates with the ranker's
-columns) and through a caller-side `@serve.batch`, as serve_app/coalesce.py sends it. `two hops` is two
+columns) and through a caller-side `@serve.batch`, as serve_app/serve/coalesce.py sends it. `two hops` is two
 such batched calls in a row: the least the graph can add to the colocated setup's p50 at c=1.
 Writes <out>/<timestamp>/hop_cost.{json,md} and copies them to <out>/latest/.
 """
@@ -38,8 +38,8 @@ VARIANTS: list[tuple[str, str, bool, bool, int]] = [
 
 def candidates_payload() -> Any:
     """What a retrieval hands on: 200 candidates, their scores and the ranker's retrieval columns."""
-    from serve_app.features import RETRIEVAL_FEATURES
-    from serve_app.stages.scored import Scored
+    from serve_app.core.features import RETRIEVAL_FEATURES
+    from serve_app.request.stages.scored import Scored
 
     rng = np.random.default_rng(0)
     columns = {name: rng.random(N_CANDIDATES, dtype=np.float32) for name in RETRIEVAL_FEATURES}
@@ -86,8 +86,8 @@ def deploy() -> Any:
 
 
 def run(calls: int, warmup: int = 50) -> dict[str, Any]:
+    from harness import cluster, ray_head
     from loadtest.stats import machine
-    from serve_app import local_cluster, ray_head
 
     report: dict[str, Any] = {"machine": machine(), "calls": calls, "warmup": warmup, "variants": []}
     with tempfile.TemporaryDirectory(prefix="hop-cost-") as tmp:
@@ -111,7 +111,7 @@ def run(calls: int, warmup: int = 50) -> dict[str, Any]:
                         }
                     )
         finally:
-            local_cluster.stop(state_file)
+            cluster.stop(state_file)
     return report
 
 

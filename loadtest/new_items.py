@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from serve_app.bundle import Bundle, load_bundle
+from serve_app.core.bundle import Bundle, load_bundle
 
 RECSYS = Path(sys.executable).parent / "recsys"
 

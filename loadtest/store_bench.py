@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness import redis_server
+from harness.redis_server import REDIS_ENV, REDIS_YAML
 from loadtest.stats import latency_summary
-from serve_app import redis_server
-from serve_app.config import SERVING_DEFAULTS
+from serve_app.core.settings import SERVING_DEFAULTS
 from serve_app.offline import feast_ops
-from serve_app.redis_store import REDIS_ENV, REDIS_YAML
-from serve_app.stages.user_features import UserFeatureReader, feast_fetcher
+from serve_app.request.stages.user_features import UserFeatureReader, feast_fetcher
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CACHE = {"user_features_cache_ttl_s": 0}

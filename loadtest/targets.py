@@ -2,7 +2,7 @@
 
 Every server target binds 127.0.0.1 on a free port and is stopped by whoever started it, also on
 errors and Ctrl-C (they are context managers). The served app runs exactly as cluster/serve_config.yaml
-deploys it, on a Ray head of its own, stopped through local_cluster.stop (its own process tree only).
+deploys it, on a Ray head of its own, stopped through cluster.stop (its own process tree only).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 import psutil
 
+from harness.ports import free_port
 from loadtest.client import Tally
 from loadtest.mix import Request
 from loadtest.stats import merge, tree
-from serve_app.config import ServingSettings
-from serve_app.ports import free_port
+from serve_app.core.settings import ServingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVE_CONFIG = ROOT / "cluster" / "serve_config.yaml"
@@ -96,11 +96,11 @@ def served_target(
     With `throughput_optimized` the port is an ingress replica's own (direct ingress), found where
     Serve publishes it for clients (`target_groups`), instead of the proxy's; info["ports"] has every
     ingress replica's, for a client that spreads its load as a load balancer would. With `nodes=2`, a worker
-    node beside the head runs the stages, as `make run NODES=2` starts it (serve_app/worker_node.py).
+    node beside the head runs the stages, as `make run NODES=2` starts it (harness/worker_node.py).
     With `balancer` (a policy file, and `throughput_optimized`), the port is HAProxy's in front of the
-    ingress ports, as `make run` starts it (serve_app/balancer_process.py); info["ingress_ports"] has theirs.
+    ingress ports, as `make run` starts it (harness/door.py); info["ingress_ports"] has theirs.
     """
-    from serve_app import local_cluster, ray_head, worker_node
+    from harness import cluster, ray_head
 
     home = recsys_home(bundle, repo, work)
     state_file = work / "ray" / "cluster.json"
@@ -108,22 +108,22 @@ def served_target(
     started = time.monotonic()
     env = {**ENV, "RECSYS_HOME": str(home)}
     if nodes == 2:
-        state = worker_node.start_cluster(state_file, env=env, throughput_optimized=throughput_optimized)
+        state = cluster.start_two_nodes(state_file, env=env, throughput_optimized=throughput_optimized)
     else:
         state = ray_head.start_head(state_file, env=env, throughput_optimized=throughput_optimized)
     failed = True
     try:
-        (worker_node.deploy if nodes == 2 else local_cluster.deploy)(state, config, http_port=port)
-        local_cluster.wait_healthy(f"http://127.0.0.1:{port}", state, timeout_s=300)
+        cluster.deploy(state, config, http_port=port, two_nodes=nodes == 2)
+        cluster.wait_healthy(f"http://127.0.0.1:{port}", state, timeout_s=300)
         proxy_port, ports = port, [port]
         if throughput_optimized:
             ports = _direct_ingress_ports(state, proxy_port, ingress_replicas(config))
             port = ports[0]
         ingress_ports, front = ports, None
         if balancer is not None:
-            from serve_app import balancer_process
+            from harness import door
 
-            front = balancer_process.start_for_cluster(state, state_file, balancer, proxy_port, free_port())
+            front = door.start_for_cluster(state, state_file, balancer, proxy_port, free_port())
             port = int(front.rsplit(":", 1)[1])
             ports = [port]
         healthy_s = time.monotonic() - started
@@ -149,7 +149,7 @@ def served_target(
         yield port, lambda: [*head(), *balancer_procs()], info
         failed = False
     finally:
-        stopped_cleanly = local_cluster.stop(state_file)
+        stopped_cleanly = cluster.stop(state_file)
         # Ray's session dir is unique to our state file, so it is ours to remove; keep its logs only
         # when something failed.
         if stopped_cleanly and not failed:
@@ -172,12 +172,12 @@ def ingress_replicas(config: Path) -> int:
 
 def _direct_ingress_ports(state: dict, proxy_port: int, want: int, timeout_s: float = 60) -> list[int]:
     """The ingress replicas' own ports, once Serve publishes `want` of them."""
-    from serve_app import local_cluster
+    from harness import cluster
 
     deadline = time.monotonic() + timeout_s
     direct: list[int] = []
     while time.monotonic() < deadline:
-        direct = local_cluster.direct_ingress_ports(state, proxy_port)
+        direct = cluster.direct_ingress_ports(state, proxy_port)
         if len(direct) >= want:
             return direct
         time.sleep(1)
@@ -220,7 +220,7 @@ def run_floor(
 
     import faiss
 
-    from serve_app.request_flow import in_process_flow
+    from serve_app.request.flow import in_process_flow
 
     faiss.omp_set_num_threads(1)  # as in a Ray replica (OMP_NUM_THREADS=1), so the work is the same
     flow, reader = in_process_flow(bundle_path, repo, settings)

@@ -3,7 +3,7 @@
     python -m loadtest.two_nodes       # 20 req/s for 60 s, the worker lost 5 s in and back 20 s later
     python -m loadtest.two_nodes --rate 15 --window 40 --kill-at 3 --restart-after 5
 
-A head and a worker node started as `make run NODES=2` starts them (serve_app/worker_node.py: Retriever
+A head and a worker node started as `make run NODES=2` starts them (harness/worker_node.py: Retriever
 and Ranker on the worker, the Ingress and the proxy on the head), open-loop load at `--rate` for
 `--window` seconds (loadtest.chaos's harness); `--kill-at` seconds in, every process of the worker node
 is SIGKILLed at once (a machine lost), and `--restart-after` seconds later the worker is started again
@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def _stages_on(state: dict, node_id: str, timeout_s: float) -> dict[str, list[str]]:
     """Serve's replica placement once every stage has a RUNNING replica and all of them run on
     `node_id` (or the last placement seen when `timeout_s` runs out)."""
-    from serve_app import worker_node
+    from harness import ray_head, worker_node
 
     deadline = time.monotonic() + timeout_s
     while True:
-        placed = worker_node.replica_nodes(state)
+        placed = ray_head.serve_api(state).replica_nodes()
         stages = [placed.get(s, []) for s in worker_node.STAGES]
         if (all(stages) and {n for s in stages for n in s} == {node_id}) or time.monotonic() > deadline:
             return placed
@@ -43,9 +43,9 @@ def _stages_on(state: dict, node_id: str, timeout_s: float) -> dict[str, list[st
 
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
+    from harness import audit, ray_head, worker_node
     from loadtest.stats import machine
     from loadtest.targets import run_inputs, served_target
-    from serve_app import cluster_audit, worker_node
 
     bundle, repo, config, work, payloads = run_inputs(opts, 20_000)
     report: dict[str, Any] = {"machine": machine(), "config": str(config), **vars(opts)}
@@ -56,10 +56,10 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         lost = state["worker"]["node_id"]
         report.update(startup_s=info["startup_s"], head_node=None, lost_node=lost, head_pid=state["pid"])
         report["worker_pgids"] = [state["worker"]["pid"]]  # the lost node's, then the restarted one's
-        report["before"] = worker_node.replica_nodes(state)
+        report["before"] = ray_head.serve_api(state).replica_nodes()
         # The worker's sockets, called as a stranger would (no token): it must refuse like the head.
         report["worker_sockets"] = [
-            [s.process, s.port, kind] for s, kind, _ in cluster_audit.audit(state["worker"]["pid"])
+            [s.process, s.port, kind] for s, kind, _ in audit.audit(state["worker"]["pid"])
         ]
         times: dict[str, float] = {}
         errors: list[BaseException] = []

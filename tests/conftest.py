@@ -16,14 +16,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from serve_app import redis_server
-from serve_app.ports import free_port
-from serve_app.ray_head import new_token_file
+from harness import redis_server
+from harness.ports import free_port
+from harness.ray_head import new_token_file
 
 ROOT = Path(__file__).resolve().parents[1]
 MOVIELENS = ROOT.parent / "shared" / "datasets" / "ml-latest-small"
 
-# Ray's token auth stays on in tests too: each head (serve_app/ray_head.py) makes a token file of its
+# Ray's token auth stays on in tests too: each head (harness/ray_head.py) makes a token file of its
 # own, which its drivers read; this one is what a Ray client in a test reads when it names no head.
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.pop("RAY_AUTH_TOKEN", None)
@@ -45,7 +45,7 @@ def local_serve(namespace: str) -> Iterator[int]:
     """
     from ray import serve
 
-    from serve_app import local_cluster, ray_head
+    from harness import cluster, ray_head
 
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="recsys-test-head-") as tmp:
@@ -59,7 +59,7 @@ def local_serve(namespace: str) -> Iterator[int]:
                 finally:
                     serve.shutdown()
         finally:
-            local_cluster.stop(state_file)
+            cluster.stop(state_file)
             shutil.rmtree(state["temp_dir"], ignore_errors=True)
 
 
@@ -127,8 +127,8 @@ class Built:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """One real build (synthetic data, Feast on SQLite, ALS, FAISS, XGBoost) shared by the session."""
-    from serve_app.config import BuildConfig
     from serve_app.offline.build import build
+    from serve_app.offline.config import BuildConfig
     from serve_app.offline.data import load_movielens
     from serve_app.offline.synth import SynthSpec, generate, write_movielens
 

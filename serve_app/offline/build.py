@@ -3,7 +3,7 @@
 The evaluation (offline/protocol.py) trains snapshot models on data before each decision time and
 rankers on their candidates; the bundle serves the model trained on everything, with the ranker of
 `cfg.seed` from the evaluation (its inputs do not depend on which ALS model retrieved, see
-serve_app/features.py), the served model's user factors, and the model's id on every vector.
+serve_app/core/features.py), the served model's user factors, and the model's id on every vector.
 """
 
 from __future__ import annotations
@@ -20,15 +20,18 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
-from serve_app import bundle as bundle_mod
-from serve_app.artifacts import History, UserVectors
-from serve_app.config import BuildConfig
-from serve_app.event_log import event_log_path
-from serve_app.features import ITEM_FEATURES
-from serve_app.offline import feast_ops, feature_tables, protocol
+from serve_app.core import bundle as bundle_mod
+from serve_app.core.artifacts import History, UserVectors
+from serve_app.core.features import ITEM_FEATURES
+from serve_app.events.log import event_log_path
+from serve_app.offline import feast_ops, feature_tables
+from serve_app.offline.config import BuildConfig
 from serve_app.offline.data import Interactions
 from serve_app.offline.embeddings import Embeddings, fold_in_users, train_als, user_logs
-from serve_app.offline.evaluation import format_table
+from serve_app.offline.evaluation import protocol
+from serve_app.offline.evaluation.metrics import format_table
+from serve_app.offline.evaluation.snapshots import default_snapshots
+from serve_app.offline.evaluation.split import Group, TemporalSplit, temporal_split
 from serve_app.offline.index import build_index, index_recall
 from serve_app.offline.logged_events import with_logged_events
 from serve_app.offline.sources import (
@@ -37,10 +40,8 @@ from serve_app.offline.sources import (
     training_features,
     write_feature_sources,
 )
-from serve_app.offline.split import Group, TemporalSplit, temporal_split
-from serve_app.offline.strict import default_snapshots
-from serve_app.stages.filters import FilterContext, SeenFilter
-from serve_app.stages.retrieve import candidate_features, retrieve
+from serve_app.request.stages.filters import FilterContext, SeenFilter
+from serve_app.request.stages.retrieve import candidate_features, retrieve
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from serve_app.errors import DataError
+from serve_app.core.errors import DataError
 
 RATINGS_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 MOVIES_COLUMNS = ("movieId", "title", "genres")
@@ -95,7 +95,7 @@ def _read_ratings(path: Path) -> pd.DataFrame:
     return frame
 
 
-def _read_movies(path: Path) -> tuple[pd.DataFrame, tuple[str, ...]]:
+def read_movies(path: Path) -> tuple[pd.DataFrame, tuple[str, ...]]:
     _check_header(path, MOVIES_COLUMNS)
     raw, lines = _read_rows(path)
     ids = pd.to_numeric(raw["movieId"], errors="coerce")
@@ -134,7 +134,7 @@ def load_movielens(directory: str | Path, strict: bool = False) -> Interactions:
                 f"{path}: file not found (a MovieLens-format directory needs ratings.csv and movies.csv)"
             )
     ratings = _read_ratings(ratings_path)
-    items, categories = _read_movies(movies_path)
+    items, categories = read_movies(movies_path)
     unknown = ~ratings["item_id"].isin(items["item_id"]).to_numpy()
     skipped: tuple[str, ...] = ()
     if unknown.any():

@@ -12,8 +12,8 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from serve_app.config import EmbeddingConfig
-from serve_app.fold_in import confidence, fold_in_many, interaction_weight
+from serve_app.core.fold_in import confidence, fold_in_many, interaction_weight
+from serve_app.offline.config import EmbeddingConfig
 
 
 @dataclass(frozen=True)

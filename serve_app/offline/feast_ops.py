@@ -18,8 +18,8 @@ import pandas as pd
 import yaml
 from feast import FeatureStore
 
-from serve_app.errors import ConfigError
-from serve_app.features import FEATURE_SERVICE, ITEM_FEATURES, USER_FEATURES
+from serve_app.core.errors import ConfigError
+from serve_app.core.features import FEATURE_SERVICE, ITEM_FEATURES, USER_FEATURES
 
 USER_VIEW, ITEM_VIEW = "user_features", "item_features"  # feature_repo/definitions.py
 
@@ -86,12 +86,12 @@ def last_materialized(repo: Path) -> pd.Timestamp | None:
 
 
 def check_feature_service(store: FeatureStore) -> None:
-    """The ranker's FeatureService must name exactly the raw features serve_app/features.py reads."""
+    """The ranker's FeatureService must name exactly the raw features serve_app/core/features.py reads."""
     service = store.get_feature_service(FEATURE_SERVICE)
     names = tuple(f.name for proj in service.feature_view_projections for f in proj.features)
     if names != USER_FEATURES + ITEM_FEATURES:
         raise ConfigError(
-            f"FeatureService {FEATURE_SERVICE!r} serves {list(names)}, but serve_app/features.py "
+            f"FeatureService {FEATURE_SERVICE!r} serves {list(names)}, but serve_app/core/features.py "
             f"transforms {list(USER_FEATURES + ITEM_FEATURES)}: update one to match the other"
         )
 

@@ -8,8 +8,8 @@ from dataclasses import replace
 import faiss
 import numpy as np
 
-from serve_app.artifacts import ItemIndex, augment_for_l2
-from serve_app.config import IndexConfig
+from serve_app.core.artifacts import ItemIndex, augment_for_l2
+from serve_app.offline.config import IndexConfig
 
 QUERY_SAMPLE = 500  # user vectors that choose the IVF query scale
 

@@ -1,6 +1,6 @@
 """The events the service accepted, added to a build's interaction log (so a rebuild keeps them).
 
-POST /events appends every accepted event to the event log (serve_app/event_log.py); Feast's pushed
+POST /events appends every accepted event to the event log (serve_app/events/log.py); Feast's pushed
 offline rows do not survive a build, which rewrites the sources from the interaction log, so the log
 is what a build must read. Events join the log as the loader combines one: sorted by time, one
 interaction per (user, item), the latest kept. An event of an item the catalogue (movies.csv) does not
@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from serve_app.event_log import EventLog
-from serve_app.events import interactions
+from serve_app.events.log import EventLog
+from serve_app.events.models import interactions
 from serve_app.offline.data import Interactions
 
 

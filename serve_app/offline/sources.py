@@ -20,8 +20,8 @@ from feast import FeatureStore
 from serve_app.offline import feast_ops, feature_tables
 from serve_app.offline.data import Interactions
 from serve_app.offline.embeddings import Embeddings
-from serve_app.offline.protocol import SeedRun
-from serve_app.offline.split import TemporalSplit
+from serve_app.offline.evaluation.protocol import SeedRun
+from serve_app.offline.evaluation.split import TemporalSplit
 
 
 def serving_stamp(repo: Path, data_end: int) -> pd.Timestamp:

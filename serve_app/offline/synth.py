@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from serve_app.errors import DataError
+from serve_app.core.errors import DataError
 
 DAY = 86_400
 # Fixed epoch so the same seed always gives the same file, byte for byte.

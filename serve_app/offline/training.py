@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from serve_app.config import RankerConfig
-from serve_app.errors import DataError
-from serve_app.features import (
+from serve_app.core.errors import DataError
+from serve_app.core.features import (
     FEATURE_NAMES,
     ITEM_FEATURES,
     RETRIEVAL_FEATURES,
     USER_FEATURES,
     model_matrix,
 )
+from serve_app.offline.config import RankerConfig
 
 
 def matrix_from_frame(frame: pd.DataFrame) -> np.ndarray:

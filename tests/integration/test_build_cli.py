@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from serve_app import cli
+from serve_app.cli import main as cli
 from serve_app.offline.synth import SynthSpec, generate, write_movielens
 from tests.conftest import copy_feature_repo
 

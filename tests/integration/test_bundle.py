@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from serve_app import bundle as bundle_mod
-from serve_app.bundle import load_bundle, publish, resolve_current, sha256
-from serve_app.errors import BundleError
-from serve_app.features import FEATURE_NAMES
+from serve_app.core import bundle as bundle_mod
+from serve_app.core.bundle import load_bundle, publish, resolve_current, sha256
+from serve_app.core.errors import BundleError
+from serve_app.core.features import FEATURE_NAMES
 
 pytestmark = pytest.mark.slow  # they share the session's real build (`built`)
 

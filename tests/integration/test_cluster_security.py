@@ -1,6 +1,6 @@
 """A head started the way `make run` starts it answers no one without its token.
 
-Ray binds most of its ports beyond loopback whatever we ask (serve_app/cluster_audit.py), so the
+Ray binds most of its ports beyond loopback whatever we ask (serve_app/audit.py), so the
 token is the guard: these tests call the dashboard's job API, and every listening socket of the
 cluster, as a stranger without it.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_app import cluster_audit, local_cluster, ray_head
+from harness import audit, cluster, ray_head
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 # Ray's Prometheus exporters: read-only, unauthenticated, bound to all interfaces by Ray itself.
@@ -29,7 +29,7 @@ def head(tmp_path_factory: pytest.TempPathFactory):
     try:
         yield state
     finally:
-        local_cluster.stop(state_file)
+        cluster.stop(state_file)
     assert not Path(state["token_path"]).exists(), "make stop leaves no token behind"
 
 
@@ -55,17 +55,17 @@ def test_each_head_has_its_own_private_token(head: dict, tmp_path: Path) -> None
 def test_no_socket_of_the_cluster_answers_a_caller_without_the_token(head: dict) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # the raylet and the agents come up after the dashboard
-        found = cluster_audit.listeners(head["pid"])
+        found = audit.listeners(head["pid"])
         names = {s.process for s in found}
         if {"raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names:
             break
         time.sleep(1)
-    results = cluster_audit.audit(head["pid"])
+    results = audit.audit(head["pid"])
     # An agent's gRPC port listens a moment before its services are on it (then every probe answers
     # UNIMPLEMENTED, seen once in CI): audit again until that passes. Any other answer counts at once.
     while time.monotonic() < deadline and any(detail.startswith(NO_SERVICE_YET) for _, _, detail in results):
         time.sleep(1)
-        results = cluster_audit.audit(head["pid"])
+        results = audit.audit(head["pid"])
     report = "\n".join(f"{s} {kind} {detail}" for s, kind, detail in results)
     assert not [r for r in results if r[1] == "open"], report
     assert {s.process for s, kind, _ in results if kind == "metrics"} <= METRICS_EXPORTERS, report

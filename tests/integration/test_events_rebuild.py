@@ -10,17 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serve_app.bundle import load_bundle
-from serve_app.config import BuildConfig
-from serve_app.event_features import EventModel, updated_row
-from serve_app.event_ingest import EventIngest, feast_push
-from serve_app.event_log import EventLog, event_log_path
-from serve_app.events import Event
-from serve_app.features import USER_FEATURES
+from serve_app.core.bundle import load_bundle
+from serve_app.core.features import USER_FEATURES
+from serve_app.events.ingest import EventIngest, feast_push
+from serve_app.events.log import EventLog, event_log_path
+from serve_app.events.models import Event
+from serve_app.events.user_rows import EventModel, updated_row
 from serve_app.offline import feast_ops
 from serve_app.offline.build import build
+from serve_app.offline.config import BuildConfig
 from serve_app.offline.data import load_movielens
-from serve_app.stages.user_features import feast_fetcher
+from serve_app.request.stages.user_features import feast_fetcher
 
 pytestmark = pytest.mark.slow
 
@@ -74,10 +74,10 @@ def test_a_rebuild_keeps_the_events_and_agrees_with_the_pushed_rows(built, tmp_p
 def test_a_bundle_built_before_events_serves_on_and_refuses_events_with_what_to_do(built, tmp_path):
     """The EventWriter over a bundle whose history has no log: it starts (the app deploys, requests
     are answered by the other deployments) and answers events 503 saying to rebuild."""
-    from serve_app.artifacts import History
-    from serve_app.bundle import write_bundle
-    from serve_app.config import SERVING_DEFAULTS
-    from serve_app.deployments import EventWriter
+    from serve_app.core.artifacts import History
+    from serve_app.core.bundle import write_bundle
+    from serve_app.core.settings import SERVING_DEFAULTS
+    from serve_app.serve.deployments import EventWriter
 
     full = load_bundle(built.bundle)
     h = full.history

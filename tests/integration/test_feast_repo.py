@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from feast import FeatureStore
 
-from serve_app.errors import ConfigError
-from serve_app.features import FEATURE_SERVICE, ITEM_FEATURES, USER_EMBEDDING, USER_FEATURES
+from serve_app.core.errors import ConfigError
+from serve_app.core.features import FEATURE_SERVICE, ITEM_FEATURES, USER_EMBEDDING, USER_FEATURES
 from serve_app.offline import feast_ops, feature_tables
 from tests.conftest import copy_feature_repo
 
@@ -112,7 +112,7 @@ def test_serving_reads_the_user_online_feature_service_and_items_stay_offline(
 ) -> None:
     """Serving reads users through the `user_online_v1` FeatureService (what feast_fetcher uses); item
     features are offline only: the Ranker holds them from the bundle, so materializing them is waste."""
-    from serve_app.stages.user_features import EVENT_TIME, feast_fetcher
+    from serve_app.request.stages.user_features import EVENT_TIME, feast_fetcher
 
     path, users, _ = repo
     fetch = feast_fetcher(path)

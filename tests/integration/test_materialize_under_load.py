@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_app.bundle import load_bundle
+from serve_app.core.bundle import load_bundle
 from tests.conftest import Traffic, local_serve
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -23,7 +23,7 @@ FEAST = Path(sys.executable).parent / "feast"
 def test_materialize_under_traffic_fails_and_degrades_nothing(built, tmp_path):
     from ray import serve
 
-    from serve_app.app import AppArgs, build_app
+    from serve_app.serve.app import AppArgs, build_app
 
     # A copy of the session's repo (materialize writes this copy's online store; it applies nothing,
     # so the copied registry's tables stay the session's own).

@@ -18,14 +18,15 @@ import pandas as pd
 import pytest
 from feast import FeatureStore
 
-from serve_app.bundle import load_bundle
-from serve_app.config import SERVING_DEFAULTS, BuildConfig
+from serve_app.core.bundle import load_bundle
+from serve_app.core.settings import SERVING_DEFAULTS
 from serve_app.offline.build import build
+from serve_app.offline.config import BuildConfig
 from serve_app.offline.data import load_movielens
 from serve_app.offline.sources import training_features
 from serve_app.offline.synth import SynthSpec, generate, write_movielens
-from serve_app.request_flow import in_process_flow
-from serve_app.stages.scored import Scored
+from serve_app.request.flow import in_process_flow
+from serve_app.request.stages.scored import Scored
 from tests.conftest import copy_feature_repo
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,5 @@
 """Items that arrive after the build: folded in from their first events and served without a rebuild
-(serve_app/item_delta.py), on the session's real build (no Ray)."""
+(serve_app/core/item_delta.py), on the session's real build (no Ray)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 
 from loadtest.new_items import closest_users
-from serve_app.bundle import load_bundle
-from serve_app.config import SERVING_DEFAULTS
-from serve_app.errors import BundleError
-from serve_app.item_delta import extend, load_item_delta, new_item_rows, write_item_delta
-from serve_app.request_flow import in_process_flow
-from serve_app.serving_state import ServingState
+from serve_app.core.bundle import load_bundle
+from serve_app.core.errors import BundleError
+from serve_app.core.item_delta import extend, load_item_delta, write_item_delta
+from serve_app.core.settings import SERVING_DEFAULTS
+from serve_app.events.new_items import new_item_rows
+from serve_app.request.flow import in_process_flow
+from serve_app.request.serving_state import ServingState
 from tests.conftest import new_version_of
 
 pytestmark = pytest.mark.slow  # the session's real build (`built`)

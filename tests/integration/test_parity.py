@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from feast import FeatureStore
 
-from serve_app.bundle import Bundle, load_bundle
-from serve_app.features import (
+from serve_app.core.bundle import Bundle, load_bundle
+from serve_app.core.features import (
     FEATURE_NAMES,
     RECENT_ITEMS,
     USER_EMBEDDING,
@@ -22,8 +22,8 @@ from serve_app.features import (
 )
 from serve_app.offline import feast_ops
 from serve_app.offline.training import matrix_from_frame
-from serve_app.stages.filters import FilterContext, SeenFilter
-from serve_app.stages.retrieve import Candidates, candidate_features, retrieve
+from serve_app.request.stages.filters import FilterContext, SeenFilter
+from serve_app.request.stages.retrieve import Candidates, candidate_features, retrieve
 
 N_CANDIDATES = 60
 pytestmark = pytest.mark.slow  # they share the session's real build (`built`)

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import yaml
 
-from serve_app import prometheus
-from serve_app.bundle import load_bundle
-from serve_app.config import IndexConfig
+from harness import prometheus
+from serve_app.core.bundle import load_bundle
+from serve_app.offline.config import IndexConfig
 from serve_app.offline.index import build_index
-from serve_app.recall_monitor import RecallMonitor
+from serve_app.telemetry.recall_monitor import RecallMonitor
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "cluster" / "prometheus"
@@ -132,7 +132,8 @@ def cluster(built, tmp_path_factory):
     sampled for recall and every request logged), and its Prometheus."""
     if prometheus.binary() is None:
         pytest.skip("prometheus not installed (.ci/run installs Debian's prometheus)")
-    from serve_app import local_cluster, ray_head
+    from harness import cluster as local_cluster
+    from harness import ray_head
 
     tmp = tmp_path_factory.mktemp("observed")
     home = tmp / "home"
@@ -225,7 +226,7 @@ def bad_index_bundle(src: Path, dest: Path) -> Path:
     checksums and parameters agree), but it misses most of the exact top-N."""
     import faiss
 
-    from serve_app.bundle import sha256
+    from serve_app.core.bundle import sha256
 
     shutil.copytree(src, dest)
     bundle = load_bundle(src)
@@ -246,7 +247,7 @@ def test_serving_a_bad_index_drops_the_recall_gauge_and_the_live_alert_rule_matc
 ) -> None:
     """Roll the Retriever onto a one-probe IVF index: the live gauge falls under the alert threshold
     and the loaded rule goes pending (it fires after its 10 minutes: promtool shows that part above)."""
-    from serve_app import local_cluster
+    from harness import cluster as local_cluster
 
     state, base, url = cluster
     bad = bad_index_bundle(built.bundle, tmp_path / "bad")

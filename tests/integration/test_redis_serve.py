@@ -12,11 +12,11 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_app import local_cluster, ray_head, redis_server
-from serve_app.bundle import load_bundle
-from serve_app.config import SERVING_DEFAULTS
-from serve_app.ports import free_port
-from serve_app.request_flow import in_process_flow
+from harness import cluster, ray_head, redis_server
+from harness.ports import free_port
+from serve_app.core.bundle import load_bundle
+from serve_app.core.settings import SERVING_DEFAULTS
+from serve_app.request.flow import in_process_flow
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,10 +37,10 @@ def test_the_app_on_redis_answers_like_sqlite_and_stop_ends_redis_too(built, tmp
     state = ray_head.start_head(state_file, env={"RECSYS_HOME": str(home)})
     server = None
     try:
-        server = local_cluster.start_redis(state, built.repo, state_file)
+        server = cluster.start_redis(state, built.repo, state_file)
         assert json.loads(state_file.read_text())["redis"]["port"] == server.port
-        local_cluster.deploy(state, ROOT / "cluster" / "serve_config.yaml", port, server.address)
-        local_cluster.wait_healthy(base, state, timeout_s=240)
+        cluster.deploy(state, ROOT / "cluster" / "serve_config.yaml", port, server.address)
+        cluster.wait_healthy(base, state, timeout_s=240)
         users = [int(u) for u in load_bundle(built.bundle).history.user_ids]
         assert_answers_like_the_sqlite_flow(base, built, users[:4])
         # They really read Redis: paused, it makes a user not read before degraded, not SQLite.
@@ -54,7 +54,7 @@ def test_the_app_on_redis_answers_like_sqlite_and_stop_ends_redis_too(built, tmp
         back = recommend(base, users[41])
         assert back["degraded"] is False and back["fallback"] is None, back
     finally:
-        assert local_cluster.stop(state_file)
+        assert cluster.stop(state_file)
     assert not state_file.exists()
     assert server is not None and not redis_server.ping(server.port), "make stop ends the redis-server"
 

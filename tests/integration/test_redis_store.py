@@ -22,16 +22,16 @@ import redis
 from feast import FeatureStore
 from feast.data_source import PushMode
 
-from serve_app import redis_server
-from serve_app.bundle import load_bundle
-from serve_app.config import SERVING_DEFAULTS
-from serve_app.errors import ConfigError
-from serve_app.features import USER_EMBEDDING, USER_EMBEDDING_MODEL, USER_FEATURES, USER_RECENT_ITEMS
+from harness import redis_server
+from harness.redis_server import REDIS_ENV, REDIS_YAML
+from serve_app.core.bundle import load_bundle
+from serve_app.core.errors import ConfigError
+from serve_app.core.features import USER_EMBEDDING, USER_EMBEDDING_MODEL, USER_FEATURES, USER_RECENT_ITEMS
+from serve_app.core.settings import SERVING_DEFAULTS
 from serve_app.offline import feast_ops
-from serve_app.redis_store import REDIS_ENV, REDIS_YAML
-from serve_app.request_flow import in_process_flow
-from serve_app.stages.scored import Scored
-from serve_app.stages.user_features import UserFeatureReader, feast_fetcher
+from serve_app.request.flow import in_process_flow
+from serve_app.request.stages.scored import Scored
+from serve_app.request.stages.user_features import UserFeatureReader, feast_fetcher
 from tests.conftest import LocalRedis
 
 pytestmark = pytest.mark.slow
@@ -121,7 +121,7 @@ def test_a_push_lands_in_redis_and_the_reader_sees_it(built, on_redis):
     # Newer than the materialized row: Feast's Redis writer keeps the newest by event time. Whole
     # seconds: Feast answers event times in seconds.
     pushed_at = pd.Timestamp(on_redis.loaded_until + timedelta(minutes=1)).floor("s")
-    # A push names every field of the view (user_recent_items too: serve_app/event_ingest.py pushes it).
+    # A push names every field of the view (user_recent_items too: serve_app/events/ingest.py pushes it).
     names = (USER_EMBEDDING, USER_EMBEDDING_MODEL, *USER_FEATURES, USER_RECENT_ITEMS)
     features = {name: before[name] for name in names}
     row = {**features, **changed, "user_id": user, "event_timestamp": pushed_at}

@@ -13,13 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from harness import cluster, ray_head
+from harness.ports import free_port
 from loadtest.new_items import closest_users, rating_events
-from serve_app import local_cluster, ray_head, rollout
-from serve_app.bundle import load_bundle
-from serve_app.canary import Split
-from serve_app.cli import main as recsys
-from serve_app.config import BuildConfig
-from serve_app.ports import free_port
+from serve_app.cli.main import main as recsys
+from serve_app.control import rollout
+from serve_app.core.bundle import load_bundle
+from serve_app.offline.config import BuildConfig
+from serve_app.request.canary import Split
 from tests.conftest import Traffic, copy_feature_repo
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -68,11 +69,11 @@ def service(two_models, tmp_path_factory):
         env.setenv("RAY_AUTH_TOKEN_PATH", state["token_path"])
         env.delenv("RAY_AUTH_TOKEN", raising=False)
         try:
-            local_cluster.deploy(state, ROOT / "cluster" / "serve_config.yaml", http_port=port)
-            local_cluster.wait_healthy(base, state, timeout_s=240)
+            cluster.deploy(state, ROOT / "cluster" / "serve_config.yaml", http_port=port)
+            cluster.wait_healthy(base, state, timeout_s=240)
             yield state, base
         finally:
-            assert local_cluster.stop(state_file)
+            assert cluster.stop(state_file)
 
 
 def test_canary_promote_and_rollback_under_traffic(two_models, service, tmp_path, capsys):

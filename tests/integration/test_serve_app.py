@@ -12,10 +12,10 @@ import httpx
 import numpy as np
 import pytest
 
-from serve_app.bundle import load_bundle
-from serve_app.config import SERVING_DEFAULTS
-from serve_app.errors import BundleError
-from serve_app.request_flow import in_process_flow
+from serve_app.core.bundle import load_bundle
+from serve_app.core.errors import BundleError
+from serve_app.core.settings import SERVING_DEFAULTS
+from serve_app.request.flow import in_process_flow
 from tests.conftest import local_serve, new_version_of, wait_for_version
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def served(built):
     from ray import serve
 
-    from serve_app.app import AppArgs, build_app
+    from serve_app.serve.app import AppArgs, build_app
 
     args = AppArgs(
         bundle=str(built.bundle),
@@ -236,7 +236,7 @@ def test_every_stage_and_outcome_is_exported_as_prometheus_metrics(served, built
 def test_colocated_topology_answers_like_the_graph(served, built):
     from ray import serve
 
-    from serve_app.app import AppArgs, build_app
+    from serve_app.serve.app import AppArgs, build_app
 
     client, args = served
     colocated = AppArgs(**{**args.model_dump(), "topology": "colocated"})
@@ -254,12 +254,12 @@ def test_colocated_topology_answers_like_the_graph(served, built):
 
 def test_coalesced_stage_calls_answer_like_one_call_per_request(served, built):
     """ingress_batch_size 16: concurrent requests leave the ingress as batched handle calls
-    (serve_app/coalesce.py); each still gets exactly its own answer, fallbacks included."""
+    (serve_app/serve/coalesce.py); each still gets exactly its own answer, fallbacks included."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ray import serve
 
-    from serve_app.app import AppArgs, build_app
+    from serve_app.serve.app import AppArgs, build_app
 
     client, args = served
     # A store read may take its time here (12 at once on a loaded CI machine): this is about batching.
@@ -283,7 +283,7 @@ def test_coalesced_stage_calls_answer_like_one_call_per_request(served, built):
 
 
 def test_bad_bundle_is_refused_at_deploy_and_the_old_one_keeps_serving(served, built, tmp_path):
-    from serve_app.app import AppArgs, build_app
+    from serve_app.serve.app import AppArgs, build_app
 
     client, args = served
     bad = new_version_of(built.bundle, tmp_path / "bad", "bad-version")
@@ -299,7 +299,7 @@ def test_redeploy_with_a_new_bundle_while_requests_flow(served, built, tmp_path)
     one caught on a replica being replaced may be answered degraded, and then says why."""
     from ray import serve
 
-    from serve_app.app import AppArgs, build_app
+    from serve_app.serve.app import AppArgs, build_app
 
     client, args = served
     new = new_version_of(built.bundle, tmp_path / "next", "next-version")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from serve_app.app import AppArgs
+from serve_app.serve.app import AppArgs
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "cluster" / "serve_config.yaml"
@@ -67,7 +67,8 @@ def test_unknown_app_arg_is_rejected():
 @pytest.mark.slow
 @pytest.mark.ray
 def test_serve_deploy_against_a_head_started_here(built, tmp_path):
-    from serve_app import local_cluster, ray_head
+    from harness import cluster as local_cluster
+    from harness import ray_head
 
     # RECSYS_HOME holds what the config's relative paths name: artifacts/current and feature_repo.
     home = tmp_path / "home"
@@ -108,7 +109,7 @@ def test_serve_deploy_against_a_head_started_here(built, tmp_path):
 
 
 def local_cluster_audit(state: dict) -> list:
-    from serve_app.cluster_audit import audit
+    from harness.audit import audit
 
     return audit(state["pid"])
 
@@ -118,7 +119,7 @@ def assert_overload_is_refused_fast(state: dict, port: int, tmp_path) -> None:
     refused with 503 + Retry-After (Serve's backpressure_config), never a hang or a 500."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from serve_app import local_cluster
+    from harness import cluster as local_cluster
 
     config = yaml.safe_load(CONFIG.read_text())
     ingress = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress")
@@ -143,8 +144,8 @@ def assert_overload_is_refused_fast(state: dict, port: int, tmp_path) -> None:
 
 
 def top_item(built, user_id: int) -> int:
-    from serve_app.config import SERVING_DEFAULTS
-    from serve_app.request_flow import in_process_flow
+    from serve_app.core.settings import SERVING_DEFAULTS
+    from serve_app.request.flow import in_process_flow
 
     flow, reader = in_process_flow(built.bundle, built.repo, SERVING_DEFAULTS)
     try:
@@ -168,7 +169,7 @@ def assert_in_place_rollout(state: dict, port: int, built, tmp_path, deployed: P
     The user_config names only the bundle: the business rule in the app args still holds."""
     import threading
 
-    from serve_app import local_cluster
+    from harness import cluster as local_cluster
     from tests.conftest import new_version_of, wait_for_version
 
     new = new_version_of(built.bundle, tmp_path / "next", "next-version")

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from serve_app.bundle import load_bundle
-from serve_app.event_log import event_log_path
+from serve_app.core.bundle import load_bundle
+from serve_app.events.log import event_log_path
 from tests.conftest import local_serve
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -25,7 +25,7 @@ def served_events(built, tmp_path_factory):
     """The app over a copy of the session's Feast repo, so the events pushed here reach no other test."""
     from ray import serve
 
-    from serve_app.app import AppArgs, build_app
+    from serve_app.serve.app import AppArgs, build_app
 
     repo = tmp_path_factory.mktemp("events") / "feature_repo"
     shutil.copytree(built.repo, repo)
@@ -44,8 +44,8 @@ def served_events(built, tmp_path_factory):
 def colocated_app(args, replicas: int):
     """The colocated app as cluster/serve_config.colocated.yaml runs it: `replicas` Ingress replicas,
     each with its own feature cache (build_app's wiring, with the replica count the config sets)."""
-    from serve_app.app import EventWriter, Ingress
-    from serve_app.config import resolve_path
+    from serve_app.core.paths import resolve_path
+    from serve_app.serve.app import EventWriter, Ingress
 
     settings = args.serving().model_dump(mode="json")
     repo = str(resolve_path(args.feature_repo))
@@ -180,7 +180,7 @@ def test_every_colocated_ingress_forgets_its_cached_row_on_an_event(served_event
 
 
 def test_recsys_events_sends_a_file_and_a_resend_is_all_duplicates(served_events, built, tmp_path, capsys):
-    from serve_app.cli import main
+    from serve_app.cli.main import main
 
     client, _ = served_events
     user_id = int(load_bundle(built.bundle).history.user_ids[11])

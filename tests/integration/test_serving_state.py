@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.bundle import load_bundle
-from serve_app.config import SERVING_DEFAULTS
-from serve_app.errors import BundleError, ConfigError
-from serve_app.serving_state import ServingState
+from serve_app.core.bundle import load_bundle
+from serve_app.core.errors import BundleError, ConfigError
+from serve_app.core.settings import SERVING_DEFAULTS
+from serve_app.request.serving_state import ServingState
 from tests.conftest import new_version_of
 
 pytestmark = pytest.mark.slow  # they share the session's real build (`built`)
@@ -72,7 +72,7 @@ def test_with_nothing_to_fall_back_to_a_refusal_fails_the_deploy(built):
 
 
 def test_a_canary_holds_both_bundles_and_splits_users_by_their_hash(built, tmp_path):
-    from serve_app.canary import Split
+    from serve_app.request.canary import Split
 
     canary_dir = new_version_of(built.bundle, tmp_path / "c", "v-canary")
     state = ServingState(SERVING_DEFAULTS.with_overrides({"bundle": str(built.bundle)}), parts=("history",))

@@ -1,6 +1,6 @@
 import pytest
 
-from serve_app.bundle import load_bundle
+from serve_app.core.bundle import load_bundle
 
 pytestmark = pytest.mark.slow
 

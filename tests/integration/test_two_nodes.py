@@ -14,8 +14,8 @@ import argparse
 
 import pytest
 
+from harness import worker_node
 from loadtest import two_nodes
-from serve_app import worker_node
 from tests.conftest import running
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

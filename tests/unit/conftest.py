@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from serve_app.artifacts import History, ItemIndex, ItemSnapshot, UserVectors
-from serve_app.bundle import Bundle
-from serve_app.config import SERVING_DEFAULTS
-from serve_app.features import FEATURE_NAMES, ITEM_FEATURES
-from serve_app.serving_state import Served
-from serve_app.stages.filters import business_filters
-from serve_app.stages.user_features import UserFeatureResult
+from serve_app.core.artifacts import History, ItemIndex, ItemSnapshot, UserVectors
+from serve_app.core.bundle import Bundle
+from serve_app.core.features import FEATURE_NAMES, ITEM_FEATURES
+from serve_app.core.settings import SERVING_DEFAULTS
+from serve_app.request.stages.filters import business_filters
+from serve_app.request.stages.served import Served
+from serve_app.request.stages.user_features import UserFeatureResult
 
 DIM = 8
 N_ITEMS = 300

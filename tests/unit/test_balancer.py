@@ -17,9 +17,9 @@ import httpx
 import pydantic
 import pytest
 
-from serve_app.balancer import BalancerPolicy, Change, Paths, error_page, load_policy, plan, render
-from serve_app.balancer_process import Balancer, haproxy_binary
-from serve_app.ports import free_port
+from harness.door import Balancer, haproxy_binary
+from harness.ports import free_port
+from serve_app.control.frontdoor import BalancerPolicy, Change, Paths, error_page, load_policy, plan, render
 
 ROOT = Path(__file__).resolve().parents[2]
 

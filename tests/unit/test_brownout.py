@@ -7,11 +7,11 @@ import asyncio
 import pytest
 from pydantic import ValidationError
 
-from serve_app.brownout import BrownoutFlow, BrownoutPolicy
-from serve_app.config import SERVING_DEFAULTS
-from serve_app.request_flow import local_stages
-from serve_app.serving_state import Served
-from serve_app.stages.user_features import UserFeatureResult
+from serve_app.core.settings import SERVING_DEFAULTS
+from serve_app.request.brownout import BrownoutFlow, BrownoutPolicy
+from serve_app.request.flow import local_stages
+from serve_app.request.stages.served import Served
+from serve_app.request.stages.user_features import UserFeatureResult
 from tests.unit.conftest import Held, served, user
 
 

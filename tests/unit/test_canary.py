@@ -5,25 +5,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve_app import rollout
-from serve_app.canary import CANARY, MAIN, Split, share_point
+from serve_app.control import rollout
+from serve_app.request.canary import CANARY, MAIN, Split, share_point
 
 
 def test_the_split_is_stable_and_close_to_its_share():
     split = Split(0.1, "v2")
     users = np.arange(1, 20_001)
-    mask = split.canary_mask(users)
+
+    def canary_mask(s: Split) -> np.ndarray:
+        return np.array([s.arm(int(u)) == CANARY for u in users])
+
+    mask = canary_mask(split)
     assert abs(mask.mean() - 0.1) < 0.01  # 20k users: the sampling error is ~0.002
     again = Split(0.1, "v2")
     assert all(
         again.arm(int(u)) == (CANARY if m else MAIN) for u, m in zip(users[:500], mask[:500], strict=True)
     )
     # A bigger share keeps every user the smaller one had (promotion in steps never moves users back).
-    assert not (mask & ~Split(0.5, "v2").canary_mask(users)).any()
+    assert not (mask & ~canary_mask(Split(0.5, "v2"))).any()
     # Another canary (another salt) samples other users.
-    overlap = (mask & Split(0.1, "v3").canary_mask(users)).mean()
+    overlap = (mask & canary_mask(Split(0.1, "v3"))).mean()
     assert overlap < 0.02
-    assert Split(0.0, "v2").canary_mask(users).sum() == 0 and Split(1.0, "v2").canary_mask(users).all()
+    assert canary_mask(Split(0.0, "v2")).sum() == 0 and canary_mask(Split(1.0, "v2")).all()
     assert 0 <= share_point(7, "v2") < 1
 
 
@@ -117,7 +121,7 @@ def test_an_evaluation_table_lists_both_bundles():
 
 @pytest.mark.parametrize("share", [0.0, 1.0])
 def test_the_canary_share_is_a_setting_in_range(share):
-    from serve_app.config import SERVING_DEFAULTS
+    from serve_app.core.settings import SERVING_DEFAULTS
 
     assert (
         SERVING_DEFAULTS.with_overrides({"canary_bundle": "b", "canary_share": share}).canary_share == share
@@ -144,8 +148,8 @@ def test_replayed_hit_rates_are_kept_per_arm_with_their_interval():
 
 
 def test_candidates_no_bundle_here_can_rank_are_answered_in_retrieval_order_and_degraded():
-    from serve_app.stages import fallback
-    from serve_app.stages.scored import Scored
+    from serve_app.request.stages import fallback
+    from serve_app.request.stages.scored import Scored
 
     candidates = Scored(np.array([5, 3, 9]), np.array([0.9, 0.5, 0.1], np.float32), "v1")
     answer = fallback.unranked(candidates, "v2")

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from serve_app.coalesce import CoalescedStages
-from serve_app.deadlines import Expired, live, scatter
+from serve_app.request.deadlines import Expired, live, scatter
+from serve_app.serve.coalesce import CoalescedStages
 
 
 @pytest.fixture(autouse=True)
@@ -142,7 +142,7 @@ def test_live_and_scatter_keep_each_result_in_its_request_s_place() -> None:
 
 def test_the_ids_of_sampled_requests_travel_with_the_call_that_carries_them() -> None:
     """The stage logs them (request_log.log_coalesced): Serve stamps the call's own id on its lines."""
-    from serve_app.request_log import CURRENT_REQUEST
+    from serve_app.telemetry.request_log import CURRENT_REQUEST
 
     retriever, ranker = handles()
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from serve_app.config import BuildConfig, IndexConfig
+from serve_app.offline.config import BuildConfig, IndexConfig
 
 
 def test_defaults_are_valid_and_round_trip_through_json() -> None:

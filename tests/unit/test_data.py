@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app.errors import DataError
+from serve_app.core.errors import DataError
 from serve_app.offline.data import load_movielens
 
 MOVIES = "movieId,title,genres\n1,Alpha,Drama|Comedy\n2,Beta,Comedy\n3,Gamma,(no genres listed)\n"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from serve_app.offline.evaluation import (
+from serve_app.offline.evaluation.metrics import (
     bootstrap_indices,
     evaluate_lists,
     exposure,

@@ -13,16 +13,17 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from serve_app.artifacts import ItemIndex
-from serve_app.config import EmbeddingConfig
-from serve_app.errors import DependencyError
-from serve_app.event_features import EventModel, gram_of, updated_row
-from serve_app.event_ingest import EventIngest
-from serve_app.event_log import EventLog
-from serve_app.events import Event, EventsRequest, interactions
-from serve_app.features import USER_EMBEDDING, USER_FEATURES, USER_RECENT_ITEMS
+from serve_app.core import feature_rows
+from serve_app.core.artifacts import ItemIndex
+from serve_app.core.errors import DependencyError
+from serve_app.core.features import USER_EMBEDDING, USER_FEATURES, USER_RECENT_ITEMS
+from serve_app.events.ingest import EventIngest
+from serve_app.events.log import EventLog
+from serve_app.events.models import Event, EventsRequest, interactions
+from serve_app.events.user_rows import EventModel, gram_of, updated_row
 from serve_app.offline import feature_tables
 from serve_app.offline.build import history_of
+from serve_app.offline.config import EmbeddingConfig
 from serve_app.offline.data import Interactions, load_movielens
 from serve_app.offline.embeddings import Embeddings, fold_in_users, train_als
 from serve_app.offline.synth import SynthSpec, generate, write_movielens
@@ -43,7 +44,7 @@ def _model(data: Interactions, emb: Embeddings) -> EventModel:
         gram_of(index, chunk=37),  # several chunks: the sum over chunks is the whole Gram matrix
         history_of(data.ratings, emb),
         pd.DataFrame({"item_id": emb.item_ids, "category": items.to_numpy(np.int64)}),
-        feature_tables.n_categories_of(data.items),
+        feature_rows.n_categories_of(data.items),
         CFG.alpha,
         CFG.recency_half_life,
         CFG.regularization,
@@ -258,8 +259,8 @@ def test_a_line_cut_off_by_a_crash_is_dropped_not_read(tmp_path: Path) -> None:
 
 
 def test_an_events_file_is_read_as_jsonl_or_json_and_a_bad_line_is_named(tmp_path: Path) -> None:
-    from serve_app.errors import DataError
-    from serve_app.event_client import read_events
+    from serve_app.cli.events import read_events
+    from serve_app.core.errors import DataError
 
     one = {"event_id": "a", "user_id": 1, "item_id": 2, "event": "view", "timestamp": "2026-01-01T00:00:00Z"}
     two = one | {"event_id": "b", "event": "rating", "value": 4.0}
@@ -304,6 +305,6 @@ def test_item_features_average_only_rated_interactions() -> None:
     log = pd.DataFrame(
         {"user_id": [1, 2, 3], "item_id": [1, 1, 1], "rating": np.float32([4, np.nan, 2]), "ts": [10, 20, 30]}
     )
-    row = feature_tables.item_rows_at(log, items, np.array([1, 1]), np.array([25, 31])).set_index("as_of")
+    row = feature_rows.item_rows_at(log, items, np.array([1, 1]), np.array([25, 31])).set_index("as_of")
     assert row.loc[25, "item_popularity"] == 2 and row.loc[25, "item_avg_rating"] == 4.0
     assert row.loc[31, "item_popularity"] == 3 and row.loc[31, "item_avg_rating"] == 3.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serve_app.exposure import ExposureWindow, gini, gini_with_zeros, top_popular_mask
-from serve_app.offline.evaluation import exposure as offline_exposure
+from serve_app.offline.evaluation.metrics import exposure as offline_exposure
+from serve_app.telemetry.exposure import ExposureWindow, gini, gini_with_zeros, top_popular_mask
 
 
 def test_gini_sorting_only_shown_items_equals_gini_over_the_whole_catalogue() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serve_app.features import (
+from serve_app.core.features import (
     FEATURE_NAMES,
     ITEM_FEATURES,
     RECENT_ITEMS,

@@ -6,9 +6,9 @@ import pytest
 from fastapi import Request
 from fastapi.testclient import TestClient
 
-from serve_app.errors import NotReady, Overloaded
-from serve_app.http import create_api
-from serve_app.schemas import MAX_BODY_BYTES, RecommendRequest
+from serve_app.api.http import create_api
+from serve_app.api.schemas import MAX_BODY_BYTES, RecommendRequest
+from serve_app.core.errors import NotReady, Overloaded
 
 
 @pytest.fixture(scope="module")

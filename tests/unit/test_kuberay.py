@@ -1,5 +1,5 @@
-"""cluster/kuberay/rayservice.yaml: what serve_app.kuberay writes from cluster/serve_config.yaml, valid
-for KubeRay's RayService CRD (v1.5.2, vendored in tests/data/kuberay) and for Serve's own schema.
+"""cluster/kuberay/rayservice.yaml: what serve_app.control.kuberay writes from cluster/serve_config.yaml,
+valid for KubeRay's RayService CRD (v1.5.2, vendored in tests/data/kuberay) and for Serve's own schema.
 
 Offline and without a cluster: jsonschema over the CRD's OpenAPI schema, pydantic over serveConfigV2.
 """
@@ -22,8 +22,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from serve_app import kuberay
-from serve_app.config import AppArgs
+from serve_app.control import kuberay
+from serve_app.core.settings import AppArgs
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE_CONFIG = ROOT / "cluster" / "serve_config.yaml"
@@ -73,7 +73,11 @@ def source() -> dict[str, Any]:
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this tree's serve_app, not an installed one
     return subprocess.run(
-        [sys.executable, "-m", "serve_app.kuberay", *args], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "serve_app.control.kuberay", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
     )
 
 

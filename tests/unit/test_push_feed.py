@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from serve_app.push_feed import Pushed, PushFeed, follow
+from serve_app.events import push_feed
+from serve_app.events.push_feed import Pushed, PushFeed, follow
 
 
 def test_a_follower_hears_each_push_once_in_order() -> None:
@@ -61,3 +62,17 @@ def test_follow_polls_with_the_last_cursor_and_survives_a_failing_writer() -> No
     assert heard[0].users is None
     assert [p.users for p in heard if p.users] == [(5,)]
     assert all(p.cursor[0] == feed.epoch for p in heard)
+
+
+def test_recently_pushed_users_are_remembered_for_the_ttl_and_bounded(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(push_feed.time, "monotonic", lambda: now[0])
+    pushed = push_feed.RecentlyPushed(ttl_s=30, max_users=3)
+    pushed.add([1, 2])
+    now[0] += 20
+    pushed.add([3])
+    assert 1 in pushed and 3 in pushed and 4 not in pushed
+    now[0] += 15  # users 1 and 2 are 35 s old now, 3 is 15 s old
+    assert 1 not in pushed and 3 in pushed
+    pushed.add([4, 5, 6])  # past max_users: the oldest go first
+    assert 3 not in pushed and {4, 5, 6} == {u for u in range(10) if u in pushed}

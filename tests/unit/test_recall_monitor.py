@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from serve_app.config import IndexConfig
+from serve_app.offline.config import IndexConfig
 from serve_app.offline.index import build_index, exact_top
-from serve_app.recall_monitor import RecallMonitor, recall_at
+from serve_app.telemetry.recall_monitor import RecallMonitor, recall_at
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,8 @@ import logging
 
 import numpy as np
 
-from serve_app.request_log import RequestLog
-from serve_app.stages.scored import Scored
+from serve_app.request.stages.scored import Scored
+from serve_app.telemetry.request_log import RequestLog
 
 
 class Lines(logging.Handler):
@@ -58,7 +58,7 @@ def test_sampling_rate_decides_how_many_lines() -> None:
     sampled = RequestLog(0.2, "graph", log, seed=3)
     n = sum(sampled.answered(f"r{i}", 1, 3, RESULT, 1.0) for i in range(2_000))
     assert 300 < n < 500 and len(lines.records) == n
-    # By id: a stage serving the request in a coalesced call decides alike (serve_app/coalesce.py).
+    # By id: a stage serving the request in a coalesced call decides alike (serve_app/serve/coalesce.py).
     other = RequestLog(0.2, "graph", log, seed=99)
     assert all(other.sampled(f"r{i}") == sampled.sampled(f"r{i}") for i in range(2_000))
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from serve_app.cli import parser
-from serve_app.errors import ConfigError
-from serve_app.retrain import build_args, data_args
+from serve_app.cli.main import parser
+from serve_app.control.retrain import build_args, data_args
+from serve_app.core.errors import ConfigError
 
 SYNTH = "synthetic items=5000 users=2000 mean_interactions=40.0 clusters=20 weeks=12 seed=0"
 

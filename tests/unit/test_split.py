@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serve_app.offline.split import temporal_split
+from serve_app.offline.evaluation.split import temporal_split
 
 
 def interactions(n_users: int = 60, seed: int = 0, ties: bool = False) -> pd.DataFrame:
@@ -131,7 +131,7 @@ def test_global_protocol_cuts_everyone_at_one_time(ratings: pd.DataFrame) -> Non
 
 
 def test_tuning_folds_cover_every_non_test_user_once_and_never_a_test_user(ratings: pd.DataFrame) -> None:
-    from serve_app.offline.tune import cv_folds
+    from serve_app.offline.evaluation.tune import cv_folds
 
     split = temporal_split(ratings, valid_fraction=0.2)
     pool = np.concatenate([split.ranker_users, split.valid_users])

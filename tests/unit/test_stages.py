@@ -6,17 +6,17 @@ from dataclasses import replace
 
 import numpy as np
 
-from serve_app.features import RECENT_ITEMS, model_matrix, retrieval_columns
-from serve_app.stages import fallback
-from serve_app.stages.filters import (
+from serve_app.core.features import RECENT_ITEMS, model_matrix, retrieval_columns
+from serve_app.request.stages import fallback
+from serve_app.request.stages.filters import (
     BlockedItemsFilter,
     FilterContext,
     RequestExcludeFilter,
     SeenFilter,
     apply_filters,
 )
-from serve_app.stages.rank import rank_batch, score
-from serve_app.stages.retrieve import retrieve_batch
+from serve_app.request.stages.rank import rank_batch, score
+from serve_app.request.stages.retrieve import retrieve_batch
 from tests.unit.conftest import MODEL_ID, make_bundle, served, user
 
 

@@ -10,12 +10,12 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from serve_app.config import BuildConfig
-from serve_app.fold_in import confidence, fold_in, gram
-from serve_app.offline.feature_tables import DAY, item_rows_at
-from serve_app.offline.popularity import popularity_at_cutoffs
-from serve_app.offline.split import temporal_split
-from serve_app.offline.strict import snapshot_times, train_snapshots, user_queries
+from serve_app.core.feature_rows import DAY, item_rows_at
+from serve_app.core.fold_in import confidence, fold_in, gram
+from serve_app.offline.config import BuildConfig
+from serve_app.offline.evaluation.popularity import popularity_at_cutoffs
+from serve_app.offline.evaluation.snapshots import snapshot_times, train_snapshots, user_queries
+from serve_app.offline.evaluation.split import temporal_split
 
 
 def log(seed: int = 0, n: int = 3_000, users: int = 60, items: int = 80) -> pd.DataFrame:

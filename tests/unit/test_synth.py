@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serve_app.errors import DataError
+from serve_app.core.errors import DataError
 from serve_app.offline.data import load_movielens
 from serve_app.offline.synth import SynthSpec, generate, write_movielens
 

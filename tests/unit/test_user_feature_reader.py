@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from serve_app.config import SERVING_DEFAULTS
-from serve_app.stages.user_features import EVENT_TIME, UserFeatureReader
+from serve_app.core.settings import SERVING_DEFAULTS
+from serve_app.request.stages.user_features import EVENT_TIME, UserFeatureReader
 
 ROW = {
     "user_embedding": [0.5, 0.25],
@@ -154,19 +154,3 @@ def test_a_refresh_read_goes_past_the_cache_and_a_failed_one_falls_back_on_it():
     assert [r.source for r, _ in batch] == ["cache", "online"] and store.calls == 3
     store.mode = "fail"
     assert asyncio.run(reader.aget(7, refresh=True)).source == "stale_cache"
-
-
-def test_recently_pushed_users_are_remembered_for_the_ttl_and_bounded(monkeypatch):
-    from serve_app.stages import user_features
-
-    now = [100.0]
-    monkeypatch.setattr(user_features.time, "monotonic", lambda: now[0])
-    pushed = user_features.RecentlyPushed(ttl_s=30, max_users=3)
-    pushed.add([1, 2])
-    now[0] += 20
-    pushed.add([3])
-    assert 1 in pushed and 3 in pushed and 4 not in pushed
-    now[0] += 15  # users 1 and 2 are 35 s old now, 3 is 15 s old
-    assert 1 not in pushed and 3 in pushed
-    pushed.add([4, 5, 6])  # past max_users: the oldest go first
-    assert 3 not in pushed and {4, 5, 6} == {u for u in range(10) if u in pushed}

@@ -1,4 +1,4 @@
-"""serve_app.worker_node.place: the two-node Serve config pins the stages to the worker and the rest to
+"""harness.worker_node.place: the two-node Serve config pins the stages to the worker and the rest to
 the head, and stays a config Serve's own schema accepts (no Ray started)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app import worker_node
+from harness import worker_node
 
 ROOT = Path(__file__).resolve().parents[2]
 

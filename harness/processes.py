@@ -1,0 +1,114 @@
+"""The processes of a local cluster: found by what started them or by the mark they carry, and
+stopped roots first.
+
+Every process the harness starts for a cluster carries `RECSYS_CLUSTER=<its state file>` in its
+environment (`MARK`), and so does everything those start (Ray's GCS, raylet, agents and replicas
+inherit it). `stop` finds a cluster's processes by what its state file records (a process tree, a
+process group) and by that mark, so a process whose start was interrupted before it was recorded (a
+`make stop` during a `make run`) is stopped too. The mark is the state file's absolute path: the
+clusters of another checkout, or of another test, are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import psutil
+
+MARK = "RECSYS_CLUSTER"
+
+
+def mark(state_file: Path) -> dict[str, str]:
+    """The environment entry that marks a process as one of this cluster's."""
+    return {MARK: str(state_file.resolve())}
+
+
+def marked(state_file: Path) -> list[psutil.Process]:
+    """Every process carrying this cluster's mark, but this one and its ancestors (a `make run` that
+    stops what it started must not stop itself)."""
+    value = str(state_file.resolve())
+    me = psutil.Process()
+    spared = {me.pid, *(p.pid for p in me.parents())}
+    found = []
+    for p in psutil.process_iter():
+        if p.pid in spared:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get(MARK) == value:
+                found.append(p)
+    return found
+
+
+def tree(pid: int | None) -> list[psutil.Process]:
+    """The process `pid` and all its descendants; [] when it is gone."""
+    if not pid:
+        return []
+    try:
+        root = psutil.Process(pid)
+        return [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def process_group(pgid: int | None) -> list[psutil.Process]:
+    """Every process of the process group `pgid` (one we started with start_new_session) and what those
+    started, even in groups of their own (Ray puts each worker process in one); [] for None."""
+    if not pgid:
+        return []
+    group = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            if os.getpgid(p.pid) == pgid:
+                group.append(p)
+    found = {p.pid: p for p in group}
+    for p in group:
+        with contextlib.suppress(psutil.Error):
+            found.update((c.pid, c) for c in p.children(recursive=True))
+    return list(found.values())
+
+
+def alive(pid: int | None) -> bool:
+    """Running, and not a zombie waiting for its parent to reap it."""
+    try:
+        return bool(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def stop_all(procs: list[psutil.Process], grace_s: float = 10) -> None:
+    """Stop `procs`, roots first, and return once they have exited.
+
+    The roots first: `ray start --block` shuts its GCS, raylet and agents down in order (about 2 s);
+    sent to all at once, those wait on each other and need the SIGKILL. Then whatever is left (an
+    orphan whose parent died, a process that ignored it) gets SIGTERM, then SIGKILL. A stopped process
+    (a paused redis-server in a test) gets SIGCONT with its SIGTERM, or it could not act on it.
+    """
+    unique = list({p.pid: p for p in procs}.values())
+    pids = {p.pid for p in unique}
+    roots = [p for p in unique if _parent_pid(p) not in pids]
+    left = unique
+    for victims, signums, wait_s in (
+        (roots, (signal.SIGTERM, signal.SIGCONT), grace_s),
+        (unique, (signal.SIGTERM, signal.SIGCONT), 5),
+        (unique, (signal.SIGKILL,), 10),
+    ):
+        for p in victims:
+            if p in left:
+                for signum in signums:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        p.send_signal(signum)
+        # SIGKILL too is delivered asynchronously: return only once the processes are gone, so a caller
+        # that starts a new cluster or checks for leftovers right after does not race their exit.
+        _, left = psutil.wait_procs(left, timeout=wait_s)
+        if not left:
+            return
+
+
+def _parent_pid(p: psutil.Process) -> int | None:
+    try:
+        return p.ppid()
+    except psutil.Error:
+        return None

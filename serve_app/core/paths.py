@@ -1,0 +1,26 @@
+"""Where things are: the checkout, RECSYS_HOME, and the files `make run` leaves for other commands.
+
+The one place the repository root is computed. Relative paths in the app args and `user_config`
+(bundles, the Feast repo) resolve against RECSYS_HOME, or against the checkout this package is
+installed from when that is unset. `make run` records the cluster it started in LOCAL_CLUSTER_STATE
+(the harness writes it); the CLI reads it to find that cluster's dashboard and token.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+RUN_DIR = PROJECT_ROOT / ".run"  # what `make run` started here: state, token, logs (git-ignored)
+LOCAL_CLUSTER_STATE = RUN_DIR / "cluster.json"
+
+
+def home() -> Path:
+    return Path(os.environ.get("RECSYS_HOME", PROJECT_ROOT))
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Relative paths are relative to RECSYS_HOME, or to this checkout when that is unset."""
+    p = Path(path)
+    return (p if p.is_absolute() else home() / p).resolve()

@@ -1,1 +1,0 @@
-"""Pure stage logic for the request path. Nothing here imports ray."""
