@@ -7,9 +7,9 @@ DATA ?=
 ARTIFACTS ?= artifacts
 REPO ?= feature_repo
 # make run: the colocated topology, two Ingress replicas with direct ingress (the best on one node:
-# README, Topologies). make run SERVE_CONFIG=cluster/serve_config.yaml THROUGHPUT_OPTIMIZED=0: the graph
+# docs/architecture.md, Topologies). make run SERVE_CONFIG=cluster/serve_config.yaml THROUGHPUT_OPTIMIZED=0: the graph
 # behind the proxy, as `serve deploy cluster/serve_config.yaml` runs it.
-# make run NODES=2: a worker node beside the head runs Retriever and Ranker, so the graph (see README,
+# make run NODES=2: a worker node beside the head runs Retriever and Ranker, so the graph (see docs/ops.md,
 # Two nodes on one machine).
 NODES ?= 1
 ifeq ($(NODES),2)
@@ -21,11 +21,11 @@ THROUGHPUT_OPTIMIZED ?= 1
 endif
 # make run BALANCER=off: no HAProxy in front of the direct-ingress ports (cluster/balancer.yaml otherwise)
 BALANCER ?= cluster/balancer.yaml
-# make run PROMETHEUS=off   (auto: start one when the prometheus binary is installed; see README, Operating it)
+# make run PROMETHEUS=off   (auto: start one when the prometheus binary is installed; see docs/ops.md, Metrics)
 PROMETHEUS ?= auto
-# make run STORE=redis: the online store is a redis-server started under .run/ (see README, Redis online store)
+# make run STORE=redis: the online store is a redis-server started under .run/ (see docs/ops.md, Redis online store)
 STORE ?= sqlite
-# Ray's token auth, always on: harness/cluster.py gives each head it starts its own token.
+# Ray's token auth, always on: harness/ray_head.py gives each head it starts its own token.
 export RAY_AUTH_MODE = token
 export RAY_USAGE_STATS_ENABLED ?= 0
 export FEAST_DISABLE_USAGE ?= 1
@@ -46,7 +46,7 @@ build: install
 	$(BIN)/recsys build --repo $(REPO) --artifacts $(ARTIFACTS) $(if $(DATA),--data $(DATA))
 
 # make retrain: the serving bundle's recipe on its data plus the events since, then a canary of it
-# (CANARY_SHARE of users) when `make run` is up. Cron: see README, "Retrain".
+# (CANARY_SHARE of users) when `make run` is up. Cron: see docs/ops.md, "Retrain".
 CANARY_SHARE ?= 0.1
 retrain: install
 	$(BIN)/recsys retrain --repo $(REPO) --artifacts $(ARTIFACTS) $(if $(DATA),--data $(DATA)) \

@@ -18,6 +18,7 @@ import yaml
 
 from harness import cluster, door, processes, prometheus
 from harness.ray_head import ROOT, STATE, head_alive, start_head
+from serve_app.core.errors import ConfigError
 from serve_app.core.paths import resolve_path
 
 
@@ -71,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"a `make run` of this checkout is starting (pid {state['starter']}); `make stop` ends it")
         return 1
     config = Path(args.config)
-    cluster.check_config(config)  # an old key is named with what to do, before anything starts
+    try:
+        cluster.check_config(config)  # an old key is named with what to do, before anything starts
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     cluster.stop()  # what a run whose head died left behind (its redis-server, say)
     cluster.record_starter()  # from here on, `make stop` ends this start and what it started
     try:

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from harness import processes, redis_server, worker_node
 from harness.ray_head import BIN, ROOT, STATE, cluster_env, serve_api, start_head
-from serve_app.core.errors import DependencyError
+from serve_app.core.errors import ConfigError, DependencyError
 from serve_app.core.settings import AppArgs
 
 STARTER_GRACE_S = 30  # how long `stop` lets an interrupted `make run` exit before it is killed
@@ -40,7 +40,7 @@ def check_config(config: Path) -> None:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in exc.errors()
             )
-            raise SystemExit(f"{config}: application {app.get('name')!r}: {problems}") from None
+            raise ConfigError(f"{config}: application {app.get('name')!r}: {problems}") from None
 
 
 def start_two_nodes(
@@ -185,13 +185,9 @@ def _end_starter(pid: int | None) -> bool:
     grace): once it is gone, it cannot start anything after `stop` looked."""
     if not processes.alive(pid):
         return False
-    try:
-        proc = psutil.Process(pid)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(STARTER_GRACE_S)
-    except psutil.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-    except psutil.NoSuchProcess:
-        pass
+    for signum, wait_s in ((signal.SIGTERM, STARTER_GRACE_S), (signal.SIGKILL, 10)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).send_signal(signum)
+        if processes.wait_gone(pid, wait_s):
+            break
     return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -76,6 +77,14 @@ def alive(pid: int | None) -> bool:
         return bool(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def wait_gone(pid: int | None, timeout_s: float) -> bool:
+    """Until the process has exited (a zombie counts: only its parent can reap it); True if it has."""
+    deadline = time.monotonic() + timeout_s
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not alive(pid)
 
 
 def stop_all(procs: list[psutil.Process], grace_s: float = 10) -> None:

@@ -13,7 +13,7 @@ much, and Ray recommends labels over resources for that.
 
 Both nodes read the same RECSYS_HOME, so the bundle and the Feast repo are one shared path here; on
 machines of their own the nodes need that path on a shared filesystem, or an image carrying them
-(README, "Two nodes on one machine").
+(docs/ops.md, "Two nodes on one machine").
 """
 
 from __future__ import annotations

@@ -239,7 +239,7 @@ def bench(opts: Options) -> Path:
     from loadtest.stats import machine
 
     for k, v in {
-        "RAY_AUTH_MODE": "token",  # local_cluster gives each head its own token
+        "RAY_AUTH_MODE": "token",  # harness/ray_head.py gives each head its own token
         "RAY_USAGE_STATS_ENABLED": "0",
         "FEAST_DISABLE_USAGE": "1",
     }.items():

@@ -4,15 +4,14 @@
     python -m loadtest.hop_cost --calls 2000 --out loadtest/reports/hop_cost
 
 The graph's critical path is the ingress's own work plus two handle calls in a row (Retriever, then
-Ranker; README "Topologies"). This measures what those calls cost before any stage work: a Ray head of
-its own with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (as `make bench` runs the graph), a `Caller` replica that
-calls an `Echo` replica one call at a time (concurrency 1) and times each call where the ingress would,
-for each transport Ray's handles offer (gRPC, the default in that mode; by reference through the object
-store), with a payload shaped like a retrieval's answer (a `Scored` of 200 candidates with the ranker's
-columns) and through a caller-side `@serve.batch`, as serve_app/serve/coalesce.py sends it. `two hops` is two
-such batched calls in a row: the least the graph can add to the colocated setup's p50 at c=1.
-Writes <out>/<timestamp>/hop_cost.{json,md} and copies them to <out>/latest/.
-"""
+Ranker; docs/architecture.md, "Topologies"). This measures what those calls cost before any stage work:
+a Ray head of its own with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (as `make bench` runs the graph), a `Caller`
+replica that calls an `Echo` replica one call at a time (concurrency 1) and times each call where the
+ingress would, for each transport Ray's handles offer (gRPC, the default in that mode; by reference
+through the object store), with a payload shaped like a retrieval's answer (a `Scored` of 200 candidates
+with the ranker's columns) and through a caller-side `@serve.batch`, as serve_app/serve/coalesce.py
+sends it. `two hops` is two such batched calls in a row: the least the graph can add to the colocated
+setup's p50 at c=1. Writes <out>/<timestamp>/hop_cost.{json,md} and copies them to <out>/latest/. """
 
 from __future__ import annotations
 

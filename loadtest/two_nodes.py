@@ -90,7 +90,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         new = state["worker"]["node_id"]
         report["worker_pgids"].append(state["worker"]["pid"])
         report["after"] = _stages_on(state, new, timeout_s=60)
-        by_id = {n["node_id"]: n for n in worker_node.nodes(state)}
+        by_id = {n["node_id"]: n for n in ray_head.serve_api(state).nodes()}
         report["head_node"] = next(i for i, n in by_id.items() if n.get("is_head_node"))
         end_ms = by_id.get(lost, {}).get("end_time_ms")
         report.update(

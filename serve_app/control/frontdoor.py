@@ -3,7 +3,7 @@
 Why a balancer in front of the ingress replicas' own ports (direct ingress): under overload the
 replicas cannot refuse cheaply. Serve answers 503 only after a replica's uvicorn has read and routed
 the request, about a third of an answer's CPU, so past ~1.5x capacity the refusals eat the cores the
-answers need and admitted requests wait seconds (README, "Under overload and faults"). HAProxy, in C,
+answers need and admitted requests wait seconds (docs/decisions.md, "The front door"). HAProxy, in C,
 holds each replica to a few requests in flight, keeps a short queue in front of them and answers the
 rest 503 + Retry-After before any Python runs: the concurrency limit of the SRE book's overload
 chapter, sized by measurement (cluster/balancer.yaml), with CoDel's "drop what waited too long" as the

@@ -46,9 +46,9 @@ KUBERNETES = {
     "feature_store_yaml": "feature_repo/feature_store.redis.yaml",
 }
 
-# Sizing, in the README's measurements (default catalogue): the graph's process tree holds 3.2-3.4 GiB
-# idle, about 1 GiB of it the dashboard, so one of its 3 replicas takes under 0.6 GiB; 0.75 leaves room
-# for request-time allocations. The 1M catalogue's index is larger: raise it (or set
+# Sizing, from docs/measurements/2026-11-30-bench.md (default catalogue): the graph's process tree holds
+# 3.2-3.4 GiB idle, about 1 GiB of it the dashboard, so one of its 3 replicas takes under 0.6 GiB; 0.75
+# leaves room for request-time allocations. The 1M catalogue's index is larger: raise it (or set
 # ray_actor_options.memory, which wins) before deploying that.
 REPLICA_MEMORY_GIB = Fraction(3, 4)
 WORKER_CPUS = 1  # Ray CPUs a worker pod offers replicas (rayStartParams num-cpus: `ray start` takes an int)
@@ -237,7 +237,7 @@ def render(serve_config: dict[str, Any], source: str, image: str = IMAGE) -> str
 # {REDIS_SECRET}). Token auth: authOptions.mode token (KubeRay >= 1.5.1 makes the token Secret).
 # Workers: {size.min_workers} to {size.max_workers} pods of {WORKER_CPUS} Ray CPU, \
 sized at {float(REPLICA_MEMORY_GIB):g} GiB a replica.
-# Readiness on {HEALTH_PATH} is the workers' probe. Apply after creating Secret {REDIS_SECRET}: README.md.
+# Readiness on {HEALTH_PATH} is the workers' probe. Apply after creating Secret {REDIS_SECRET}: docs/ops.md.
 """
     body = yaml.dump(manifest(serve_config, image), Dumper=_Dumper, sort_keys=False, width=110)
     return header + body

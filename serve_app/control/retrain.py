@@ -3,7 +3,8 @@ event logged since, then a canary of the new bundle when a service runs (no ray 
 
 Same recipe: the build config is the one in the serving bundle's manifest, and the data is the
 directory it was built from (or the same synthetic spec), so what changes is only what happened since:
-`recsys build` reads the event log (README, "Events"). Scheduled with cron (README, "Retrain").
+`recsys build` reads the event log (docs/architecture.md, "Events and freshness"). Scheduled with
+cron (docs/ops.md, "Retrain").
 """
 
 from __future__ import annotations

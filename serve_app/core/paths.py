@@ -3,7 +3,8 @@
 The one place the repository root is computed. Relative paths in the app args and `user_config`
 (bundles, the Feast repo) resolve against RECSYS_HOME, or against the checkout this package is
 installed from when that is unset. `make run` records the cluster it started in LOCAL_CLUSTER_STATE
-(the harness writes it); the CLI reads it to find that cluster's dashboard and token.
+(the harness writes it); the CLI reads it to find that cluster's dashboard and token. RECSYS_RUN_DIR
+moves those files elsewhere (the tests start `make run`'s harness in a folder of their own).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-RUN_DIR = PROJECT_ROOT / ".run"  # what `make run` started here: state, token, logs (git-ignored)
+# What `make run` started here: state, token, logs (git-ignored).
+RUN_DIR = Path(os.environ.get("RECSYS_RUN_DIR", PROJECT_ROOT / ".run"))
 LOCAL_CLUSTER_STATE = RUN_DIR / "cluster.json"
 
 

@@ -2,7 +2,7 @@
 
 The row is a function of the user's whole interaction log: the bundle's log of that user (what its
 model was trained on) plus every event of theirs since, combined as the build's loader combines a log
-(one interaction per item, the latest kept). Its statistics come from `feature_tables.user_stats` and
+(one interaction per item, the latest kept). Its statistics come from `feature_rows.user_stats` and
 its vector from `fold_in` against the bundle's item factors with the build's confidence weights, so a
 row pushed now equals the row the next build would write from the same interactions, and applying the
 same events twice (a retry) yields the same row, never a double count.

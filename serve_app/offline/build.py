@@ -22,9 +22,10 @@ from feast import FeatureStore
 
 from serve_app.core import bundle as bundle_mod
 from serve_app.core.artifacts import History, UserVectors
+from serve_app.core.feature_rows import n_categories_of
 from serve_app.core.features import ITEM_FEATURES
 from serve_app.events.log import event_log_path
-from serve_app.offline import feast_ops, feature_tables
+from serve_app.offline import feast_ops
 from serve_app.offline.config import BuildConfig
 from serve_app.offline.data import Interactions
 from serve_app.offline.embeddings import Embeddings, fold_in_users, train_als, user_logs
@@ -222,7 +223,7 @@ def build(
             },
             "embedding_dim": int(served.item_factors.shape[1]),
             # The length of user_category_share, for rows serving recomputes after events.
-            "n_categories": feature_tables.n_categories_of(data.items),
+            "n_categories": n_categories_of(data.items),
             "index": index_params,
             "ranker": {**infos[cfg.seed], "seed": cfg.seed},
             "feature_service": feast_ops.FEATURE_SERVICE,

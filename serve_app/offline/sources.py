@@ -2,7 +2,7 @@
 
 User rows are written as of every decision time the evaluation reads and read back through Feast's
 point-in-time join. Item features for training are computed exactly at each (item, decision time)
-pair by `feature_tables.item_rows_at`, the function that also computes the serving rows, and joined
+pair by `core/feature_rows.item_rows_at`, the function that also computes the serving rows, and joined
 on that pair here: Feast's file offline store joins a view on its key alone and filters by time
 afterwards, so a row per (candidate, decision time) costs it (rows per item)^2. On the default
 synthetic catalogue that join passed 9 GB within 30 s and kept growing. The item source holds the
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from feast import FeatureStore
 
+from serve_app.core.feature_rows import item_rows_at
 from serve_app.offline import feast_ops, feature_tables
 from serve_app.offline.data import Interactions
 from serve_app.offline.embeddings import Embeddings
@@ -80,13 +81,11 @@ def training_features(store: FeatureStore, data: Interactions, entities: pd.Data
     seconds = (entities["event_timestamp"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     t = seconds.to_numpy(np.int64) + 1
     pairs = pd.DataFrame({"item_id": entities["item_id"].to_numpy(), "as_of": t}).drop_duplicates()
-    items = feature_tables.item_rows_at(
-        data.ratings, data.items, pairs["item_id"].to_numpy(), pairs["as_of"].to_numpy()
-    )
+    items = item_rows_at(data.ratings, data.items, pairs["item_id"].to_numpy(), pairs["as_of"].to_numpy())
     out = out.assign(as_of=t).merge(items, on=["item_id", "as_of"], how="left", validate="many_to_one")
     return out.drop(columns="as_of")
 
 
 def served_item_rows(data: Interactions, item_ids: np.ndarray) -> pd.DataFrame:
     data_end = int(data.ratings["ts"].max()) + 1
-    return feature_tables.item_rows_at(data.ratings, data.items, item_ids, np.full(len(item_ids), data_end))
+    return item_rows_at(data.ratings, data.items, item_ids, np.full(len(item_ids), data_end))

@@ -1,4 +1,4 @@
-"""Brownout: under pressure, a cheaper answer before a refusal (design section 11).
+"""Brownout: under pressure, a cheaper answer before a refusal (docs/architecture.md, "Brownout").
 
 When more requests are in flight at this ingress than `brownout_rank_above`, the ranker is skipped and
 the candidates go out in retrieval order; beyond `brownout_popular_above` retrieval is skipped too and

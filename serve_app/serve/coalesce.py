@@ -1,12 +1,12 @@
 """The graph's stage calls coalesced at the ingress: one handle call per batch of requests, not per request.
 
 A handle call costs the ingress, the router and the stage's replica about as much CPU as the stage's
-work itself (README "Topologies"). Under concurrency, the requests an ingress has in flight at once
-ask the Retriever and then the Ranker the same kind of question; Serve's `@serve.batch`, here on the
-caller's side, gathers them and sends each batch as one call (`retrieve_many`, `rank_many`), so a hop
-is paid once per batch. Alone, a request goes at once (no wait for a fuller batch: whatever queued
-while the previous call was out forms the next). A failing or overloaded call fails each
-request of its batch, which falls back or is refused as it would have alone.
+work itself (docs/architecture.md, "Coalescing"). Under concurrency, the requests an ingress has in
+flight at once ask the Retriever and then the Ranker the same kind of question; Serve's `@serve.batch`,
+here on the caller's side, gathers them and sends each batch as one call (`retrieve_many`, `rank_many`),
+so a hop is paid once per batch. Alone, a request goes at once (no wait for a fuller batch: whatever
+queued while the previous call was out forms the next). A failing or overloaded call fails each request
+of its batch, which falls back or is refused as it would have alone.
 """
 
 from __future__ import annotations

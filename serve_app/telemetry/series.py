@@ -43,7 +43,7 @@ class Sample:
     Why sample at all: Ray 2.60's metrics agent replays every histogram observation into
     OpenTelemetry one Python call at a time (ray-project/ray#64891), in a burst every 10 s, and at
     ~8 observations a request those bursts stalled the replicas (half-load p99 47-243 ms with every
-    stage observed, 33-34 ms with none, 37-57 ms with a tenth; README "Topologies").
+    stage observed, 33-34 ms with none, 37-57 ms with a tenth; docs/decisions.md, "Sampled stage metrics").
     Quantiles and means of a sampled histogram estimate the whole's; its `_count` is the sample's.
     """
 

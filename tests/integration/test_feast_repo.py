@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from feast import FeatureStore
 
+from serve_app.core import feature_rows
 from serve_app.core.errors import ConfigError
 from serve_app.core.features import FEATURE_SERVICE, ITEM_FEATURES, USER_EMBEDDING, USER_FEATURES
 from serve_app.offline import feast_ops, feature_tables
@@ -55,7 +56,7 @@ def _tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     ids = items["item_id"].to_numpy()
 
     def item_rows(as_of: int, stamp: pd.Timestamp) -> pd.DataFrame:
-        rows = feature_tables.item_rows_at(ratings, items, ids, np.full(len(ids), as_of))
+        rows = feature_rows.item_rows_at(ratings, items, ids, np.full(len(ids), as_of))
         return rows.drop(columns="as_of").assign(event_timestamp=stamp)
 
     item_rows = pd.concat([item_rows(as_new, NEW_STAMP), item_rows(as_old, OLD_STAMP)], ignore_index=True)

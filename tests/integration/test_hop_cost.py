@@ -1,6 +1,6 @@
-"""The hop-cost probe (loadtest/hop_cost.py) measures what README's topology figures quote: calls made
-one after another between two replicas on a head of its own, over each transport, and leaves no
-cluster behind."""
+"""The hop-cost probe (loadtest/hop_cost.py) measures what docs/architecture.md's topology figures
+quote: calls made one after another between two replicas on a head of its own, over each transport, and
+leaves no cluster behind."""
 
 from __future__ import annotations
 

@@ -177,9 +177,10 @@ def test_a_hanging_store_costs_a_graph_request_the_features_deadline(served, bui
     assert elapsed < 0.5, f"{elapsed * 1000:.0f} ms with a {timeout_ms} ms features deadline"
 
 
-def ray_metrics(pattern: str, timeout_s: float = 90) -> str:
-    """This node's Prometheus exposition from Ray's metrics agent, once it holds `pattern` (Ray
-    exports application metrics every few seconds, under its `ray_` namespace)."""
+def ray_metrics(*patterns: str, timeout_s: float = 90) -> str:
+    """This node's Prometheus exposition from Ray's metrics agent, once it holds every pattern (Ray
+    exports each replica's application metrics every few seconds, on its own clock, under its `ray_`
+    namespace: the ingress's series may be there before a stage's)."""
     import ray
 
     port = ray._private.worker._global_node.metrics_export_port
@@ -187,10 +188,11 @@ def ray_metrics(pattern: str, timeout_s: float = 90) -> str:
     text = ""
     while time.monotonic() < deadline:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        if re.search(pattern, text):
+        if all(re.search(pattern, text) for pattern in patterns):
             return text
         time.sleep(2)
-    raise AssertionError(f"no {pattern!r} among Ray's metrics after {timeout_s} s")
+    missing = [p for p in patterns if not re.search(p, text)]
+    raise AssertionError(f"no {missing!r} among Ray's metrics after {timeout_s} s")
 
 
 def series(text: str, name: str, **labels: str) -> list[float]:
@@ -213,7 +215,14 @@ def test_every_stage_and_outcome_is_exported_as_prometheus_metrics(served, built
         client.post("/recommend", json={"user_id": 987_654_321, "k": 5}).json()["fallback"] == "unknown_user"
     )
     assert client.post("/recommend", json={"user_id": 1, "k": 0}).status_code == 422
-    text = ray_metrics(r'ray_recsys_requests_total\{[^}]*outcome="invalid"')
+    text = ray_metrics(
+        r'ray_recsys_requests_total\{[^}]*outcome="invalid"',
+        *(
+            rf'ray_recsys_stage_latency_ms_bucket\{{[^}}]*stage="{stage}"'
+            for stage in ("user_features", "rank")
+        ),
+        r'ray_recsys_batch_size_count\{[^}]*stage="rank"',
+    )
     latency = "ray_recsys_stage_latency_ms_bucket"
     for stage in ("user_features", "retrieve", "filter", "rank", "total"):
         counts = series(text, latency, stage=stage, topology="graph", le="+Inf")

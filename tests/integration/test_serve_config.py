@@ -55,7 +55,7 @@ def test_colocated_config_matches_serves_schema():
     # Colocated runs no stage deployments (naming one here would fail the deploy); the EventWriter
     # takes POST /events in both topologies.
     assert [d.name for d in app.deployments] == ["Ingress", "EventWriter"]
-    # Two Ingress replicas, fixed: both cores, no single point of failure (README "Topologies").
+    # Two Ingress replicas, fixed: both cores, no single point of failure (docs/ops.md).
     assert app.deployments[0].num_replicas == 2
 
 

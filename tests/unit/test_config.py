@@ -1,4 +1,5 @@
-"""BuildConfig: unknown keys are errors, and HNSW must be able to return every candidate."""
+"""BuildConfig and the serving settings: unknown keys are errors, HNSW must be able to return every
+candidate, and a key that was removed is refused with what to do instead."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from serve_app.core.settings import AppArgs, ServingSettings
 from serve_app.offline.config import BuildConfig, IndexConfig
 
 
@@ -68,3 +70,18 @@ def test_out_of_range_values_are_rejected(raw: dict[str, Any]) -> None:
 def test_config_is_frozen() -> None:
     with pytest.raises(ValidationError):
         BuildConfig().n_candidates = 10  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("key", ["admission", "admission_tolerance"])
+def test_a_removed_key_is_refused_with_what_to_do(key: str, tmp_path) -> None:
+    from harness.cluster import check_config
+    from serve_app.core.errors import ConfigError
+
+    with pytest.raises(ValidationError, match=f"`{key}` is no longer a setting.*Delete the key"):
+        AppArgs.model_validate({key: "unlimited"})
+    with pytest.raises(ValidationError, match="no longer a setting"):  # in a user_config too
+        ServingSettings().with_overrides({key: 2.0})
+    config = tmp_path / "old.yaml"
+    config.write_text(f"applications:\n  - name: recsys\n    args: {{{key}: unlimited}}\n")
+    with pytest.raises(ConfigError, match=f"old.yaml: application 'recsys': args: .*`{key}` is no longer"):
+        check_config(config)  # what `make run` says before it starts anything

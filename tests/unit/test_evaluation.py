@@ -9,12 +9,12 @@ import pytest
 
 from serve_app.offline.evaluation.metrics import (
     bootstrap_indices,
-    evaluate_lists,
     exposure,
     format_table,
     gini,
     interval,
     ndcg_at,
+    per_user,
     recall_at,
 )
 
@@ -68,14 +68,14 @@ def test_ndcg_zero_without_hits(relevant: set[int], recommended: np.ndarray) -> 
     assert ndcg_at(recommended, relevant, 10) == 0.0
 
 
-def test_evaluate_lists_averages_over_users() -> None:
+def test_per_user_scores_each_user_in_order() -> None:
     lists = [REC, np.array([21, 22])]
     relevant = [{11}, {99}]
-    out = evaluate_lists(lists, relevant)
-    assert out == {
-        "recall@10": pytest.approx(0.5),
-        "recall@50": pytest.approx(0.5),
-        "ndcg@10": pytest.approx(0.5),
+    out = per_user(lists, relevant)
+    assert {name: values.tolist() for name, values in out.items()} == {
+        "recall@10": [1.0, 0.0],
+        "recall@50": [1.0, 0.0],
+        "ndcg@10": [1.0, 0.0],
     }
 
 

@@ -96,7 +96,7 @@ def problems(root: Path) -> list[str]:
             job, other = _job(name), _job(target)
             allowed = ENTRY_MODULES.get(job) if job in ENTRY_MODULES else MAY_IMPORT.get(job)
             if allowed is None:
-                found.append(f"{where}: serve_app/{job} is no package the rules know (test_layout.MAY_IMPORT)")
+                found.append(f"{where}: serve_app/{job} is not a package MAY_IMPORT knows")
             elif other != job and other not in allowed:
                 found.append(f"{where}:{line}: serve_app.{job} may not import {target} (serve_app.{other})")
         if rays and name.split(".")[0] == PRODUCT and _job(name) not in RAY_ALLOWED:

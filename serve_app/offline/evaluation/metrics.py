@@ -46,10 +46,6 @@ def per_user(lists: Sequence[np.ndarray], relevant: Sequence[set[int]]) -> dict[
     return out
 
 
-def evaluate_lists(lists: Sequence[np.ndarray], relevant: Sequence[set[int]]) -> dict[str, float]:
-    return {name: float(values.mean()) for name, values in per_user(lists, relevant).items()}
-
-
 def bootstrap_indices(n_users: int, seed: int = 0) -> np.ndarray:
     """One (N_BOOTSTRAP, n_users) resampling shared by every method, so differences are paired."""
     return np.random.default_rng(seed).integers(0, n_users, size=(N_BOOTSTRAP, n_users))

@@ -1,0 +1,41 @@
+"""The product's wheel holds the product only: serve_app, and none of the local harness, the load tools
+or the tests (`pip wheel . --no-deps`, what a serving image installs from)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_serve_app_and_none_of_the_harness(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    [wheel] = tmp_path.glob("recsys_serve-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"serve_app"}, tops
+    assert "serve_app/app.py" in names and "serve_app/serve/app.py" in names  # serve_app.app:build_app
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "serve_app.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
