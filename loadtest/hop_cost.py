@@ -11,7 +11,7 @@ ingress would, for each transport Ray's handles offer (gRPC, the default in that
 through the object store), with a payload shaped like a retrieval's answer (a `Scored` of 200 candidates
 with the ranker's columns) and through a caller-side `@serve.batch`, as serve_app/serve/coalesce.py
 sends it. `two hops` is two such batched calls in a row: the least the graph can add to the colocated
-setup's p50 at c=1. Writes <out>/<timestamp>/hop_cost.{json,md} and copies them to <out>/latest/. """
+setup's p50 at c=1. Writes <out>/<timestamp>/hop_cost.{json,md} and copies them to <out>/latest/."""
 
 from __future__ import annotations
 

@@ -125,7 +125,7 @@ def test_every_measurement_says_when_how_where_and_is_listed() -> None:
     for path in sorted(folder.glob("*.md")):
         if path.name == "README.md":
             continue
-        head = path.read_text().splitlines()[:8]
+        head = path.read_text().splitlines()[:16]
         for field in ("Date", "Command", "Machine", "Report folder"):
             assert any(line.startswith(f"- **{field}:**") for line in head), f"{path.name}: no {field}"
         assert f"({path.name})" in index, f"{path.name} is not listed in docs/measurements/README.md"
