@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import io
 import json
 import signal
 import socket
@@ -31,7 +33,18 @@ from pathlib import Path
 import httpx
 
 from harness.ray_head import ROOT, cluster_env, serve_api
-from serve_app.control.frontdoor import BalancerPolicy, Paths, apply, error_page, load_policy, plan, render
+from serve_app.control.frontdoor import (
+    NO_POPULAR,
+    RECOMMEND,
+    BalancerPolicy,
+    Popular,
+    apply,
+    load_policy,
+    map_file,
+    plan,
+    queue_limit,
+)
+from serve_app.control.haproxy_config import COARSE, Paths, coarse_body, error_page, render
 from serve_app.core.errors import DependencyError
 
 
@@ -53,24 +66,50 @@ def runtime(paths: Paths, command: str, timeout_s: float = 2.0) -> str:
     return b"".join(chunks).decode().strip()
 
 
-class Balancer:
-    """HAProxy and the slots it serves; `step` is one sync round."""
+def backend_stats(paths: Paths, backend: str = RECOMMEND) -> dict[str, str]:
+    """The backend's row of `show stat` (act: servers up; rtime: mean response time, ms, of its last
+    1,024 answers; qcur: requests waiting)."""
+    rows = csv.DictReader(io.StringIO(runtime(paths, "show stat").lstrip("# ")))
+    return next((r for r in rows if r["pxname"] == backend and r["svname"] == "BACKEND"), {})
 
-    def __init__(self, policy: BalancerPolicy, run_dir: Path, ports: Callable[[], list[int] | None]) -> None:
-        self.policy, self.paths, self.ports = policy, Paths(run_dir), ports
+
+class Balancer:
+    """HAProxy, the slots it serves, the popularity list it answers with and its queue's length;
+    `step` is one sync round."""
+
+    def __init__(
+        self,
+        policy: BalancerPolicy,
+        run_dir: Path,
+        ports: Callable[[], list[int] | None],
+        popular: Callable[[list[int]], Popular | None] = lambda _: None,
+    ) -> None:
+        """`ports()`: the replicas' ports as Serve publishes them now (None: it cannot say);
+        `popular(ports)`: the popularity list one of them serves (None: none answered)."""
+        self.policy, self.paths, self.ports, self.popular = policy, Paths(run_dir), ports, popular
         self.slots: list[int | None] = [None] * policy.max_replicas
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
+        self.answering = NO_POPULAR
+        self.queue = policy.min_queue
 
     def start(self, ports: list[int]) -> None:
-        self.paths.run_dir.mkdir(parents=True, exist_ok=True)
+        paths = self.paths
+        paths.run_dir.mkdir(parents=True, exist_ok=True)
         for status in (502, 503, 504):
-            self.paths.error_page(status).write_bytes(error_page(status, self.policy))
-        self.paths.config.write_text(render(self.policy, self.paths, ports))
-        self.paths.socket.unlink(missing_ok=True)
-        with (self.paths.run_dir / "haproxy.log").open("a") as log:  # the child keeps its own descriptor
+            paths.error_page(status).write_bytes(error_page(status, self.policy))
+        for case in COARSE:
+            paths.coarse_body(case).write_text(coarse_body(case))
+        if self.answering == NO_POPULAR:
+            self.answering = self.popular(ports) or NO_POPULAR
+        paths.items_map.write_text(map_file(self.answering.items_by_k()))
+        paths.serving_map.write_text(map_file({"bundle": self.answering.bundle_version}))
+        paths.limits_map.write_text(map_file({"queue": self.queue}))
+        paths.config.write_text(render(self.policy, paths, ports))
+        paths.socket.unlink(missing_ok=True)
+        with (paths.run_dir / "haproxy.log").open("a") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [haproxy_binary(), "-db", "-f", str(self.paths.config)], stdout=log, stderr=subprocess.STDOUT
+                [haproxy_binary(), "-db", "-f", str(paths.config)], stdout=log, stderr=subprocess.STDOUT
             )
         self.slots = [*ports, *[None] * (self.policy.max_replicas - len(ports))]
         deadline = time.monotonic() + 10
@@ -78,7 +117,7 @@ class Balancer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"haproxy exited with {self.proc.returncode}; see {log.name}")
             with contextlib.suppress(OSError):
-                if "Name: HAProxy" in runtime(self.paths, "show info"):
+                if "Name: HAProxy" in runtime(paths, "show info"):
                     return
             time.sleep(0.05)
         raise RuntimeError(f"haproxy's admin socket did not answer within 10 s; see {log.name}")
@@ -88,15 +127,45 @@ class Balancer:
             self.restarts += self.proc is not None
             self.start([p for p in self.slots if p is not None])
         ports = self.ports()
-        if not ports:
+        if ports:
+            for change in plan(self.slots, ports):
+                for command in change.commands():
+                    self._command(command)
+                self.slots = apply(self.slots, [change])
+        self._follow_popular()
+        self._size_queue()
+
+    def _command(self, command: str) -> str:
+        answer = runtime(self.paths, command)
+        if answer and not any(
+            w in answer.lower() for w in ("changed", "no need", "new version", "committed")
+        ):
+            raise RuntimeError(f"haproxy refused {command!r}: {answer[:200]}")
+        return answer
+
+    def _follow_popular(self) -> None:
+        """The list the door answers with is what the replicas serve: a rollout, a rollback, a promote or
+        an item delta changes it. Each map is replaced as one (HAProxy's prepare/commit)."""
+        live = self.popular([p for p in self.slots if p is not None])
+        if live is None or live == self.answering:
             return
-        changes = plan(self.slots, ports)
-        for change in changes:
-            for command in change.commands():
-                answer = runtime(self.paths, command)
-                if answer and not any(w in answer.lower() for w in ("changed", "no need")):
-                    raise RuntimeError(f"haproxy refused {command!r}: {answer}")
-            self.slots = apply(self.slots, [change])
+        for path, entries in (
+            (self.paths.items_map, live.items_by_k()),
+            (self.paths.serving_map, {"bundle": live.bundle_version}),
+        ):
+            version = self._command(f"prepare map {path}").rsplit(":", 1)[-1].strip()
+            for key, value in entries.items():
+                self._command(f"add map @{version} {path} {key} {value}")
+            self._command(f"commit map @{version} {path}")
+        self.answering = live
+
+    def _size_queue(self) -> None:
+        """The queue holds what the replicas up now start within the policy's time budget."""
+        stats = backend_stats(self.paths)
+        limit = queue_limit(self.policy, int(stats.get("act") or 0), float(stats.get("rtime") or 0))
+        if limit != self.queue:
+            self._command(f"set map {self.paths.limits_map} queue {limit}")
+            self.queue = limit
 
     def wait(self, seconds: float) -> None:
         """Sleep until the next round, or less when HAProxy dies: the next step starts it again at once."""
@@ -114,6 +183,20 @@ class Balancer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.paths.socket.unlink(missing_ok=True)
+
+
+def popular_of() -> Callable[[list[int]], Popular | None]:
+    """GET /popular of the first replica that answers: the list the door answers with."""
+
+    def read(ports: list[int]) -> Popular | None:
+        for port in ports:
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                answer = httpx.get(f"http://127.0.0.1:{port}/popular", timeout=1.0)
+                if answer.status_code == 200:
+                    return Popular.of(answer.json())
+        return None
+
+    return read
 
 
 def serve_ports(state: dict, proxy_port: int) -> Callable[[], list[int] | None]:
@@ -135,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         policy = policy.model_copy(update={"port": args.port})
     state = json.loads(args.state.read_text())
     ports = serve_ports(state, args.proxy_port)
-    balancer = Balancer(policy, args.run_dir, ports)
+    balancer = Balancer(policy, args.run_dir, ports, popular_of())
     stopping = False
 
     def on_term(*_: object) -> None:

@@ -29,7 +29,7 @@ import httpx
 from harness import processes
 from harness.ports import free_ports
 from serve_app.control.serve_api import ServeApi
-from serve_app.core.paths import LOCAL_CLUSTER_STATE, PROJECT_ROOT
+from serve_app.core.paths import LOCAL_CLUSTER_STATE, NODE_ENV, PROJECT_ROOT
 
 ROOT = PROJECT_ROOT
 STATE = LOCAL_CLUSTER_STATE
@@ -43,6 +43,7 @@ def cluster_env(
     that cluster's token file), no usage stats; with `state_file`, the mark of that cluster's processes."""
     env = {
         **os.environ,
+        **NODE_ENV,
         **(extra or {}),
         **(processes.mark(state_file) if state_file is not None else {}),
         "RAY_AUTH_MODE": "token",

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
+from serve_app.control.haproxy_config import DOOR_FALLBACKS
+
 Payload = tuple[bytes, bool]  # (raw request, asks for debug timings)
 
 
@@ -46,6 +48,8 @@ class Tally:
     """What one worker saw in one level; merged by the parent."""
 
     latencies_ms: list[float] = field(default_factory=list)  # 2xx answers only
+    full_ms: list[float] = field(default_factory=list)  # ... of them not degraded: the whole answer
+    door_ms: list[float] = field(default_factory=list)  # ... the front door's own, coarser answers
     refused_ms: list[float] = field(default_factory=list)  # 503 and 429: how fast a refusal came
     statuses: dict[int, int] = field(default_factory=dict)
     errors: int = 0  # connection failures and malformed answers
@@ -72,9 +76,13 @@ class Tally:
             self.latencies_ms.append((t1 - t0) * 1000)
             # Byte searches instead of json.loads: parsing every answer would make the client the cost.
             self.degraded += degraded
+            if not degraded:
+                self.full_ms.append((t1 - t0) * 1000)
             if (i := body.find(b'"fallback":"')) >= 0:
                 reason = body[i + 12 : body.find(b'"', i + 12)].decode()
                 self.fallback[reason] = self.fallback.get(reason, 0) + 1
+                if reason in DOOR_FALLBACKS:
+                    self.door_ms.append((t1 - t0) * 1000)
             if debug:
                 timings = json.loads(body).get("timings_ms")
                 if timings:

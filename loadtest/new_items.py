@@ -61,9 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=100, help="answer size polled for the item")
     p.add_argument("--target-row", type=int, default=11, help="which of the bundle's users is the target")
     p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="where the served bundle lies")
     args = p.parse_args(argv)
-    version = httpx.get(f"{args.url}/version", timeout=10).json()
-    bundle = load_bundle(version["bundle_path"], ("index",))
+    version = httpx.get(f"{args.url}/version", timeout=10).json()["bundle_version"].split("+", 1)[0]
+    bundle = load_bundle(args.artifacts / "bundles" / version, ("index",))
     target, fans = closest_users(bundle, args.target_row, args.fans)
     new_id = int(bundle.items.item_ids.max()) + 1 + int(time.time()) % 100_000  # new in every run
     movies = Path(tempfile.mkdtemp()) / "movies.csv"

@@ -130,32 +130,36 @@ def _row(target: str, lv: dict) -> str:
 
 
 def _overload_table(cat: dict) -> list[str]:
-    """Goodput (2xx per second) and the admitted requests' latency at multiples of each target's
-    capacity (--overload), with the half-load level's p99 that the admitted p99 is held against."""
+    """At multiples of each target's capacity (--overload): every answer (2xx per second), the whole
+    answers among them (not degraded) and their latency against the half-load level's, the front door's
+    coarser answers and how fast they came, and what was refused."""
     rows = []
     for target, data in cat["targets"].items():
         levels = [lv for lv in data.get("levels", []) if "overload_x" in lv]
         half = next((lv for lv in levels if lv["overload_x"] == 0.5), None)
         for lv in levels:
-            cap, p99 = lv["capacity_rps"], lv["latency_ms"]["p99"]
-            vs_half = p99 / half["latency_ms"]["p99"] if half and p99 and half["latency_ms"]["p99"] else None
+            cap, full = lv["capacity_rps"], lv.get("full_latency_ms") or lv["latency_ms"]
+            half_p99 = (half.get("full_latency_ms") or half["latency_ms"])["p99"] if half else None
+            vs_half = full["p99"] / half_p99 if half_p99 and full["p99"] else None
+            door = lv.get("door_latency_ms") or {}
+            answered, whole = lv["throughput_rps"], lv.get("full_rps", 0.0)
             rows.append(
-                f"| {target} | {lv['overload_x']:g}x ({lv['value']:,.0f}/s) | {lv['throughput_rps']:,.0f} "
-                f"({100 * lv['throughput_rps'] / cap:.0f}%) | {_fmt(lv.get('within_1s_rps'), 0)} | "
-                f"{_fmt(lv['latency_ms']['p50'], 1)} / "
-                f"{_fmt(p99, 1)} ms ({_fmt(vs_half, 2)}x half load's) | {lv['n_503']:,} "
-                f"(p99 {_fmt(lv.get('refused_latency_ms', {}).get('p99'), 1)} ms) | "
-                f"{lv['errors'] - lv['n_503']:,} | {_fmt(lv['client']['cpu_pct'])} |"
+                f"| {target} | {lv['overload_x']:g}x ({lv['value']:,.0f}/s) | {answered:,.0f} "
+                f"({100 * answered / cap:.0f}%) | {whole:,.0f} ({100 * whole / cap:.0f}%) | "
+                f"{_fmt(full['p50'], 1)} / {_fmt(full['p99'], 1)} ms ({_fmt(vs_half, 2)}x half load's) | "
+                f"{lv.get('door', 0):,} (p99 {_fmt(door.get('p99'), 1)} ms) | {lv['degraded']:,} | "
+                f"{lv['n_503']:,} | {lv['errors'] - lv['n_503']:,} | {_fmt(lv['client']['cpu_pct'])} |"
             )
     if not rows:
         return []
     return [
         "",
-        "Overload: open loop at multiples of each target's capacity (its best closed-loop level):",
+        "Overload: open loop at multiples of each target's capacity (its best closed-loop level); the whole "
+        "answers are those not degraded:",
         "",
-        "| target | offered | goodput (of capacity) | of it within 1 s | admitted p50 / p99 "
-        "| 503s (their p99) | other errors | client CPU % |",
-        "|---|---|---|---|---|---|---|---|",
+        "| target | offered | answered 2xx (of capacity) | whole answers (of capacity) | their p50 / p99 "
+        "| the door's coarser answers | degraded in all | 503s | other errors | client CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
 

@@ -67,6 +67,11 @@ def merge(tallies: Sequence[Tally], duration_s: float) -> dict[str, Any]:
         "within_1s_rps": round(sum(1 for x in lat if x <= 1_000) / elapsed, 2) if elapsed else 0.0,
         "elapsed_s": round(elapsed, 3),
         "latency_ms": latency_summary(lat),
+        # the whole answer (not degraded), and the front door's coarser one past capacity
+        "full_rps": round(sum(len(t.full_ms) for t in active) / elapsed, 2) if elapsed else 0.0,
+        "full_latency_ms": latency_summary([x for t in active for x in t.full_ms]),
+        "door": sum(len(t.door_ms) for t in active),
+        "door_latency_ms": latency_summary([x for t in active for x in t.door_ms]),
         "refused_latency_ms": latency_summary([x for t in active for x in t.refused_ms]),
         "errors": errors,
         "error_rate": round(errors / max(1, ok + errors), 5),

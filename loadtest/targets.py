@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -128,8 +129,11 @@ def served_target(
             ports = [port]
         healthy_s = time.monotonic() - started
         version = httpx.get(f"http://127.0.0.1:{port}/version", timeout=10).json()
-        if Path(version["bundle_path"]).resolve() != bundle.resolve():
-            raise RuntimeError(f"served bundle {version['bundle_path']} is not the one under test {bundle}")
+        under_test = json.loads((bundle / "manifest.json").read_text())["version"]
+        if version["bundle_version"] != under_test:
+            raise RuntimeError(
+                f"it serves bundle {version['bundle_version']}, not the one under test {bundle}"
+            )
         _wait_ranked(port, bundle)
         info = {
             "healthy_s": round(healthy_s, 1),  # /healthz 200: the Ingress is up

@@ -3,6 +3,7 @@ and the answer built from a request flow's result."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,19 +65,36 @@ class CanaryInfo(BaseModel):
     holds as its canary ("none": that replica has not taken the rollout yet)."""
 
     bundle_version: str
-    bundle_path: str
     share: float
     stages: dict[str, str]
 
 
 class VersionResponse(BaseModel):
+    """What serves, by version: no filesystem path is part of the public answer (operators find the
+    bundles' directories in the deployed config, through Serve's authenticated REST API)."""
+
     bundle_version: str
-    bundle_path: str
     stages: dict[str, str]
     refused: dict[str, str] | None = None
     canary: CanaryInfo | None = None
-    # Items added since the build (`recsys items add`): the delta file and how many items it holds.
+    # Items added since the build (`recsys items add`): the delta's stamp and how many items it holds.
     item_delta: dict[str, str | int] | None = None
+
+
+class PopularResponse(BaseModel):
+    """The main bundle's popularity list with the business rules applied, best first: what the front
+    door answers with when no replica can take a request in time."""
+
+    bundle_version: str
+    items: list[ItemScore]
+
+
+_PATH = re.compile(r"(?:/[^\s/:'\"(),]+)+/([^\s/:'\"(),]+)")
+
+
+def without_paths(text: str) -> str:
+    """`text` with every absolute path reduced to its last part (a bundle's directory is its version)."""
+    return _PATH.sub(r"\1", text)
 
 
 class HealthResponse(BaseModel):

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from serve_app.core.paths import NODE_ENV
+
 NAME = "recsys"
 # Must match the Ray in the image (pyproject pins ray 2.60.x; a test checks it). KubeRay refuses token
 # auth below Ray 2.52.0 and reads this to decide.
@@ -151,6 +153,7 @@ def _container(name: str, image: str, resources: dict[str, Any], ports: dict[str
                 "name": "REDIS_CONNECTION_STRING",  # e.g. "recsys-redis:6379,password=...": a secret
                 "valueFrom": {"secretKeyRef": {"name": REDIS_SECRET, "key": REDIS_KEY}},
             },
+            *({"name": k, "value": v} for k, v in NODE_ENV.items()),  # what every node starts with
         ],
         "ports": [{"name": n, "containerPort": p} for n, p in ports.items()],
         "resources": resources,

@@ -27,6 +27,7 @@ import httpx
 
 from serve_app.control.serve_api import ServeApi
 from serve_app.core.errors import ConfigError, DependencyError
+from serve_app.core.paths import resolve_path
 
 # The deployments holding a bundle, by topology; their user_config carries the rollout. The
 # EventWriter takes the main bundle only (it folds events in with the main model).
@@ -75,7 +76,8 @@ def single_config(app: dict[str, Any], bundle: str, same_main: bool = False) -> 
 
 @dataclass(frozen=True)
 class Serving:
-    """GET /version, as far as a rollout cares."""
+    """What serves, as far as a rollout cares: the versions from GET /version, the bundles' directories
+    from the deployed config (GET /version names no path)."""
 
     main: str  # version
     main_path: str
@@ -85,21 +87,23 @@ class Serving:
     stages: dict[str, str]
     canary_stages: dict[str, str]
     refused: dict[str, str]
-    item_delta: str | None = None  # the item delta extending the main bundle (item_delta.py)
+    item_delta: str | None = None  # the item delta file extending the main bundle (core/item_delta.py)
 
     @classmethod
-    def of(cls, version: dict[str, Any]) -> Serving:
+    def of(cls, version: dict[str, Any], app_config: dict[str, Any]) -> Serving:
         canary = version.get("canary") or {}
+        main_hint, canary_hint, delta = deployed_paths(app_config)
+        canary_version = canary.get("bundle_version")
         return cls(
             main=version["bundle_version"],
-            main_path=version["bundle_path"],
-            canary=canary.get("bundle_version"),
-            canary_path=canary.get("bundle_path"),
+            main_path=bundle_dir(version["bundle_version"], main_hint),
+            canary=canary_version,
+            canary_path=bundle_dir(canary_version, canary_hint) if canary_version and canary_hint else None,
             share=float(canary.get("share", 0.0)),
             stages=version.get("stages", {}),
             canary_stages=canary.get("stages", {}),
             refused=version.get("refused") or {},
-            item_delta=(version.get("item_delta") or {}).get("path"),
+            item_delta=str(resolve_path(delta)) if delta and version.get("item_delta") else None,
         )
 
     def settled(self, main: str, canary: str | None) -> bool:
@@ -109,6 +113,27 @@ class Serving:
         if canary is None:
             return self.canary is None
         return self.canary == canary and set(self.canary_stages.values()) == {canary}
+
+
+def deployed_paths(app_config: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """(main bundle, canary bundle, item delta) as the running config names them: the Ingress's
+    `user_config` (what a rollout step set), else the app args."""
+    args = app_config.get("args") or {}
+    ingress = next((d for d in app_config.get("deployments", []) if d.get("name") == "Ingress"), {})
+    named = {**args, **(ingress.get("user_config") or {})}
+    return named.get("bundle", "artifacts/current"), named.get("canary_bundle"), named.get("item_delta")
+
+
+def bundle_dir(version: str, hint: str) -> str:
+    """The directory of bundle `version`: the deployed path `hint` when it holds that version, else
+    that version's directory beside it (`artifacts/current` moves with every build; bundles stay)."""
+    base = version.split("+", 1)[0]  # a bundle extended by an item delta serves <version>+<stamp>
+    path = resolve_path(hint)
+    for candidate in (path, path.parent / "bundles" / base, path.parent / base):
+        manifest = candidate / "manifest.json"
+        if manifest.is_file() and json.loads(manifest.read_text()).get("version") == base:
+            return str(candidate.resolve())
+    raise ConfigError(f"bundle {base} is not at {path} nor beside it: the config deployed another path")
 
 
 class ServeAdmin(ServeApi):
@@ -128,9 +153,10 @@ class ServeAdmin(ServeApi):
 
     def serving(self) -> Serving:
         try:
-            return Serving.of(httpx.get(f"{self.url}/version", timeout=10).json())
+            version = httpx.get(f"{self.url}/version", timeout=10).json()
         except httpx.HTTPError as exc:
             raise DependencyError(f"the service at {self.url} did not answer GET /version: {exc}") from exc
+        return Serving.of(version, self.app_config(self.details()))
 
 
 def wait_settled(

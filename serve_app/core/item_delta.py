@@ -101,7 +101,7 @@ def extend(bundle: Bundle, delta: ItemDelta) -> Bundle:
     if delta.factors.shape[1:] != (bundle.embedding_dim,):
         raise DataError(f"{delta.path}: vectors of dim {delta.factors.shape[1:]}, not {bundle.embedding_dim}")
     index = bundle.loaded_index.extended(delta.factors) if bundle.loaded_index is not None else None
-    manifest = {**bundle.manifest, "item_delta": {"path": str(delta.path), "n_items": len(delta.item_ids)}}
+    manifest = {**bundle.manifest, "item_delta": {"stamp": delta.stamp, "n_items": len(delta.item_ids)}}
     return replace(
         bundle,
         version=delta.version,

@@ -5,6 +5,7 @@ The one place the repository root is computed. Relative paths in the app args an
 installed from when that is unset. `make run` records the cluster it started in LOCAL_CLUSTER_STATE
 (the harness writes it); the CLI reads it to find that cluster's dashboard and token. RECSYS_RUN_DIR
 moves those files elsewhere (the tests start `make run`'s harness in a folder of their own).
+`NODE_ENV` is what every Ray node running the app starts with (`ray start`'s environment).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # What `make run` started here: state, token, logs (git-ignored).
 RUN_DIR = Path(os.environ.get("RECSYS_RUN_DIR", PROJECT_ROOT / ".run"))
 LOCAL_CLUSTER_STATE = RUN_DIR / "cluster.json"
+# Serve's HTTP proxy sends a request again when its Ingress replica died before answering, instead of
+# uvicorn's bare 500 (serve_app/serve/proxy_retry.py); the proxy reads this when it starts.
+NODE_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.serve.proxy_retry:middlewares"}
 
 
 def home() -> Path:

@@ -15,13 +15,17 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.http import create_api
 from serve_app.api.schemas import (
+    MAX_K,
     CanaryInfo,
     ErrorResponse,
     HealthResponse,
+    ItemScore,
+    PopularResponse,
     RecommendRequest,
     RecommendResponse,
     VersionResponse,
     to_response,
+    without_paths,
 )
 from serve_app.core.bundle import load_bundle
 from serve_app.core.errors import RETRY_AFTER_S, DependencyError, NotReady, Overloaded, RecsysError
@@ -32,6 +36,7 @@ from serve_app.events.push_feed import Pushed, RecentlyPushed, follow
 from serve_app.request.brownout import BrownoutFlow
 from serve_app.request.flow import Stages, local_stages
 from serve_app.request.serving_state import ServingState
+from serve_app.request.stages import fallback
 from serve_app.request.stages.retrieve import query_vector
 from serve_app.request.stages.served import Served
 from serve_app.request.stages.user_features import UserFeatureResult
@@ -45,6 +50,7 @@ __all__ = ["AppArgs", "Ingress", "build_app"]
 
 # A push rewrites Feast's file offline source: seconds on a large one, never the request deadline.
 EVENTS_TIMEOUT_S = 30.0
+NO_USER = -1  # the popularity list for nobody in particular: no history, only the business rules
 
 api = create_api(
     echo_request_id=False,
@@ -254,7 +260,7 @@ class Ingress:
         bundle, canary = self.state.current.bundle, self.state.canary
         stages: dict[str, str] = {}
         canary_stages: dict[str, str] = {}
-        refused = {"ingress": self.state.refused["error"]} if self.state.refused else {}
+        refused = {"ingress": without_paths(self.state.refused["error"])} if self.state.refused else {}
         if not self.stage_handles:
             stages["colocated"] = bundle.version
             canary_stages["colocated"] = canary.bundle.version if canary else "none"
@@ -267,23 +273,21 @@ class Ingress:
             stages[name] = info["version"]
             canary_stages[name] = info.get("canary") or "none"
             if info["refused"]:
-                refused[name] = info["refused"]["error"]
+                refused[name] = without_paths(info["refused"]["error"])
         if self.event_writer is not None:
             try:
                 info = await asyncio.wait_for(self.event_writer.version.remote(), 2.0)
                 stages["event_writer"] = info["version"]
                 if info["refused"]:
-                    refused["event_writer"] = info["refused"]["error"]
+                    refused["event_writer"] = without_paths(info["refused"]["error"])
             except Exception as exc:
                 stages["event_writer"] = f"unavailable ({type(exc).__name__})"
         return VersionResponse(
             bundle_version=bundle.version,
-            bundle_path=str(bundle.path),
             stages=stages,
             refused=refused or None,
             canary=CanaryInfo(
                 bundle_version=canary.bundle.version,
-                bundle_path=str(canary.bundle.path),
                 share=canary.settings.canary_share,
                 stages=canary_stages,
             )
@@ -291,6 +295,16 @@ class Ingress:
             else None,
             item_delta=bundle.manifest.get("item_delta"),
         )
+
+    @api.get("/popular", response_model=PopularResponse)
+    async def popular(self) -> PopularResponse:
+        """The main bundle's popularity list, business rules applied (not per user): what the front
+        door answers with past capacity (harness/door.py follows it)."""
+        top = fallback.popular(self.state.current, NO_USER, MAX_K, (), "popular")
+        items = [
+            ItemScore(item_id=int(i), score=float(s)) for i, s in zip(top.item_ids, top.scores, strict=True)
+        ]
+        return PopularResponse(bundle_version=top.bundle_version, items=items)
 
 
 def build_app(args: AppArgs) -> serve.Application:

@@ -84,7 +84,7 @@ def test_bench_writes_json_png_and_summary_for_all_three_targets(built, tmp_path
         c1 = next(lv for lv in data["levels"] if lv["mode"] == "closed" and lv["value"] == 1)
         assert c1["ok"] > 0 and c1["latency_ms"]["p50"] > 0
     served = cat["targets"]["colocated"]
-    assert served["info"]["version"]["bundle_path"] == str(built.bundle.resolve())
+    assert served["info"]["version"]["bundle_version"] == built.bundle.name  # bundles/<version>
     assert served["info"]["throughput_optimized"] and served["info"]["config"].endswith("colocated.yaml")
     assert len(set(served["info"]["ingress_ports"])) == 2  # both Ingress replicas' own ports
     assert served["info"]["balancer"].endswith(f":{served['info']['port']}")  # the load went through HAProxy

@@ -3,6 +3,7 @@ or the tests (`pip wheel . --no-deps`, what a serving image installs from)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,22 +16,24 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 def test_the_wheel_holds_serve_app_and_none_of_the_harness(tmp_path: Path) -> None:
-    built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            str(ROOT),
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    # Built from a copy of the checkout, so the build's own folders (build/, *.egg-info) stay out of it.
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns(
+        ".git", ".venv", "artifacts", "build", "reports", ".run", ".bench", "*.egg-info"
     )
+    shutil.copytree(ROOT, source, ignore=skip, symlinks=True)
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        ".",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        str(tmp_path),
+    ]
+    built = subprocess.run(pip, capture_output=True, text=True, timeout=300, cwd=source)
     assert built.returncode == 0, built.stderr[-2000:]
     [wheel] = tmp_path.glob("recsys_serve-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

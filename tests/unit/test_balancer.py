@@ -19,7 +19,9 @@ import pytest
 
 from harness.door import Balancer, haproxy_binary
 from harness.ports import free_port
-from serve_app.control.frontdoor import BalancerPolicy, Change, Paths, error_page, load_policy, plan, render
+from serve_app.api.schemas import RecommendResponse
+from serve_app.control.frontdoor import BalancerPolicy, Change, Popular, load_policy, plan, queue_limit
+from serve_app.control.haproxy_config import COARSE, Paths, error_page, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,18 +37,27 @@ def test_shipped_policy_loads_and_unknown_keys_are_refused(tmp_path: Path) -> No
 
 
 def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
-    policy = BalancerPolicy(
-        port=free_port(), per_replica_in_flight=3, queue=5, max_replicas=4, balance="first"
-    )
-    paths = Paths(tmp_path)
-    for status in (502, 503, 504):
-        paths.error_page(status).write_bytes(error_page(status, policy))
-    text = render(policy, paths, [30001, 30002])
-    paths.config.write_text(text)
-    check = subprocess.run([haproxy_binary(), "-c", "-f", str(paths.config)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "maxconn 3" in text and "queue(ingress) ge 5" in text and "balance first" in text
-    assert text.count("\n    server ") == 4 and text.count(" disabled") == 2
+    for past_capacity in ("coarse", "refuse"):
+        policy = BalancerPolicy(
+            port=free_port(),
+            per_replica_in_flight=3,
+            min_queue=5,
+            max_replicas=4,
+            balance="first",
+            past_capacity=past_capacity,
+        )
+        paths = Paths(tmp_path)
+        balancer = Balancer(policy, tmp_path, lambda: [])
+        text = render(policy, paths, [30001, 30002])
+        balancer.start([30001, 30002])  # writes every file the configuration names, and runs it
+        balancer.stop()
+        check = subprocess.run(
+            [haproxy_binary(), "-c", "-f", str(paths.config)], capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "maxconn 3" in text and "balance first" in text and "maxconn 2" in text  # /recommend, others
+        assert text.count("\n    server ") == 8 and text.count(" disabled") == 4  # 4 slots, 2 backends
+        assert ("lf-file" in text) == (past_capacity == "coarse")
     with pytest.raises(ValueError, match="max_replicas"):
         render(policy, paths, list(range(30001, 30006)))
 
@@ -68,7 +79,21 @@ def test_plan_keeps_live_ports_in_their_slots() -> None:
     assert plan([None, 30002, None], [30002, 30009, 30008]) == [Change(0, 30008), Change(2, 30009)]
     with pytest.raises(ValueError, match="slots"):
         plan([30001], [30001, 30002])
-    assert Change(1, None).commands() == ["set server ingress/replica1 state maint"]
+    assert Change(1, None).commands() == [
+        "set server recommend/replica1 state maint",
+        "set server ingress/replica1 state maint",
+    ]
+
+
+def test_the_queue_holds_what_the_replicas_start_within_its_time_budget() -> None:
+    policy = BalancerPolicy(per_replica_in_flight=4, queue_budget_ms=50, min_queue=8, max_queue=500)
+    # 2 replicas x 4 in flight, 10 ms each: 0.8 a millisecond, 40 in 50 ms
+    assert queue_limit(policy, replicas_up=2, response_ms=10) == 40
+    assert queue_limit(policy, replicas_up=2, response_ms=200) == 8  # never under min_queue
+    assert queue_limit(policy, replicas_up=16, response_ms=0.5) == 500  # nor over max_queue
+    assert queue_limit(policy, replicas_up=0, response_ms=10) == 8  # nothing to go by yet
+    with pytest.raises(pydantic.ValidationError, match="`queue` is no longer a setting"):
+        BalancerPolicy.model_validate({"queue": 8})
 
 
 class _Replica:
@@ -115,10 +140,17 @@ class _Replica:
         self.server.server_close()
 
 
+POPULAR = Popular("v1", tuple((100 + i, 1.0 / (i + 1)) for i in range(120)))
+
+
 @contextlib.contextmanager
-def _front(tmp_path: Path, policy: BalancerPolicy, ports: list[list[int]]) -> Iterator[Balancer]:
-    """A Balancer whose view of Serve's ports is whatever ports[0] holds when it syncs."""
-    balancer = Balancer(policy, tmp_path / "run", lambda: ports[0])
+def _front(
+    tmp_path: Path, policy: BalancerPolicy, ports: list[list[int]], popular: list[Popular] | None = None
+) -> Iterator[Balancer]:
+    """A Balancer whose view of Serve's ports is whatever ports[0] holds when it syncs, and of the
+    served popularity list whatever popular[0] holds."""
+    lists = popular or [POPULAR]
+    balancer = Balancer(policy, tmp_path / "run", lambda: ports[0], lambda _: lists[0])
     balancer.start(ports[0])
     try:
         yield balancer
@@ -126,13 +158,15 @@ def _front(tmp_path: Path, policy: BalancerPolicy, ports: list[list[int]]) -> It
         balancer.stop()
 
 
-def _post(url: str) -> httpx.Response:
-    return httpx.post(f"{url}/recommend", json={"user_id": 1}, timeout=10)
+def _post(url: str, body: dict | None = None, path: str = "/recommend", **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body or {"user_id": 1}, headers=headers, timeout=10)
 
 
-def test_overload_is_refused_at_the_door_and_replicas_keep_their_limit(tmp_path: Path) -> None:
+def test_past_capacity_the_door_refuses_under_the_refuse_policy(tmp_path: Path) -> None:
     replicas = [_Replica(work_s=0.2), _Replica(work_s=0.2)]
-    policy = BalancerPolicy(port=free_port(), per_replica_in_flight=2, queue=4, queue_timeout_ms=5_000)
+    policy = BalancerPolicy(
+        port=free_port(), per_replica_in_flight=2, min_queue=4, queue_timeout_ms=5_000, past_capacity="refuse"
+    )
     url = f"http://127.0.0.1:{policy.port}"
     with (
         _front(tmp_path, policy, [[r.port for r in replicas]]),
@@ -149,6 +183,64 @@ def test_overload_is_refused_at_the_door_and_replicas_keep_their_limit(tmp_path:
     refused = next(a for a in answers if a.status_code == 503)
     assert refused.headers["Retry-After"] == "1" and refused.json()["error"] == "overloaded"
     assert sum(r.served for r in replicas) == codes.count(200)
+
+
+def test_past_capacity_the_door_answers_the_popularity_list_coarser(tmp_path: Path) -> None:
+    replicas = [_Replica(work_s=0.3), _Replica(work_s=0.3)]
+    # No health checks during the burst: a stand-in busy answering may miss one, and the door would
+    # then (rightly) answer "no replica up"; what this test counts is the two overload paths.
+    policy = BalancerPolicy(
+        port=free_port(),
+        per_replica_in_flight=2,
+        min_queue=4,
+        queue_timeout_ms=100,
+        health_check_interval_ms=60_000,
+    )
+    url = f"http://127.0.0.1:{policy.port}"
+    bodies = [{"user_id": i, "k": 1 + i % 7} if i % 2 else {"user_id": i} for i in range(40)]
+    with (
+        _front(tmp_path, policy, [[r.port for r in replicas]]),
+        concurrent.futures.ThreadPoolExecutor(40) as pool,
+    ):
+        answers = list(pool.map(lambda b: _post(url, b, **{"X-Request-ID": f"req-{b['user_id']}"}), bodies))
+    for r in replicas:
+        r.close()
+    assert [a.status_code for a in answers] == [200] * 40  # nobody refused
+    coarse = [(b, a) for b, a in zip(bodies, answers, strict=True) if "items" in a.json()]
+    served = sum(r.served for r in replicas)
+    assert len(coarse) == 40 - served and 4 <= served <= 24, served
+    assert max(r.most for r in replicas) <= 2
+    for body, answer in coarse:
+        got = RecommendResponse.model_validate(answer.json())  # the normal schema, every field
+        k = body.get("k", 10)
+        assert got.user_id == body["user_id"] and got.bundle_version == "v1"
+        assert [i.item_id for i in got.items] == [100 + i for i in range(k)]
+        assert got.degraded and got.fallback == "overloaded" and "front door" in got.degraded_reason
+        assert got.request_id == answer.headers["X-Request-ID"] == f"req-{body['user_id']}"
+        assert answer.headers["Content-Type"] == "application/json" and "x-recsys-door" not in answer.headers
+    # both ways a request is answered coarser: at once, the queue full, and after waiting its time out
+    reasons = {a.json()["degraded_reason"] for _, a in coarse}
+    assert reasons == {COARSE["full"][1], COARSE["waited"][1]}, reasons
+
+
+def test_the_coarse_answer_follows_what_serves_and_events_are_never_answered_coarser(tmp_path: Path) -> None:
+    lists = [POPULAR]
+    policy = BalancerPolicy(port=free_port(), min_queue=0)
+    url = f"http://127.0.0.1:{policy.port}"
+    with _front(tmp_path, policy, [[free_port()]], lists) as balancer:  # a port nothing answers on
+        first = _post(url, {"user_id": 5, "k": 2})
+        assert first.status_code == 200 and first.json()["bundle_version"] == "v1"
+        assert first.json()["fallback"] == "ingress_unavailable"  # no replica up: HAProxy knows it
+        assert first.json()["request_id"] == first.headers["X-Request-ID"]  # one the door made
+        lists[0] = Popular("v2", ((7, 0.9), (8, 0.8), (9, 0.7)))  # a rollout: another bundle serves
+        balancer.step()
+        second = _post(url, {"user_id": 5, "k": 2}).json()
+        assert second["bundle_version"] == "v2" and [i["item_id"] for i in second["items"]] == [7, 8]
+        events = _post(url, {"events": []}, path="/events")
+        assert events.status_code == 503 and events.headers["Retry-After"] == "1"  # never acknowledged
+        bad_bodies = ({"user_id": "five"}, {"user_id": -1}, {"user_id": 2.5}, {"user_id": 1, "k": 500})
+        for bad in (*bad_bodies, {"user_id": 1, "k": 2.5}):
+            assert _post(url, bad).status_code == 503, bad  # not for the door to answer: a replica's (422)
 
 
 def test_follows_serve_ports_and_restarts_a_dead_haproxy(tmp_path: Path) -> None:

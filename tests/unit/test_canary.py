@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from serve_app.control import rollout
+from serve_app.core.errors import ConfigError
 from serve_app.request.canary import CANARY, MAIN, Split, share_point
 
 
@@ -73,27 +77,68 @@ def test_colocated_holders_are_the_ingress_and_the_event_writer():
 
 
 def _version(main="v1", canary=None, canary_stages=None, stages=None, refused=None) -> dict:
-    out = {"bundle_version": main, "bundle_path": f"/b/{main}", "stages": stages or {"retriever": main}}
+    out = {"bundle_version": main, "stages": stages or {"retriever": main}}
     if canary:
         out["canary"] = {
             "bundle_version": canary,
-            "bundle_path": f"/b/{canary}",
             "share": 0.1,
             "stages": canary_stages or {"retriever": canary},
         }
     return {**out, "refused": refused}
 
 
-def test_a_step_is_settled_only_when_every_stage_took_it():
-    assert rollout.Serving.of(_version("v1", "v2")).settled("v1", "v2")
-    assert not rollout.Serving.of(_version("v1", "v2", {"retriever": "v2", "ranker": "none"})).settled(
-        "v1", "v2"
-    )
-    assert not rollout.Serving.of(_version("v1", "v2")).settled("v1", None)
-    assert not rollout.Serving.of(_version("v2", stages={"retriever": "v2", "ranker": "v1"})).settled(
+@pytest.fixture
+def artifacts(tmp_path):
+    """An artifacts directory holding bundles v1, v2 and v3, `current` on v3 (a build after v1 serves)."""
+    for version in ("v1", "v2", "v3"):
+        (tmp_path / "bundles" / version).mkdir(parents=True)
+        (tmp_path / "bundles" / version / "manifest.json").write_text(json.dumps({"version": version}))
+    (tmp_path / "current").symlink_to(Path("bundles") / "v3")
+    return tmp_path
+
+
+def _deployed(artifacts, canary=None, delta=None) -> dict:
+    """The running config: first deployed with `current`, a canary step naming both bundles after."""
+    user_config = {"bundle": str(artifacts / "current")}
+    if canary:
+        user_config = {"bundle": str(artifacts / "bundles" / "v1"), "canary_bundle": str(artifacts / canary)}
+    if delta:
+        user_config["item_delta"] = delta
+    return {
+        "args": {"bundle": str(artifacts / "current")},
+        "deployments": [{"name": "Ingress", "user_config": user_config}],
+    }
+
+
+def test_a_step_is_settled_only_when_every_stage_took_it(artifacts):
+    config = _deployed(artifacts, canary="bundles/v2")
+    assert rollout.Serving.of(_version("v1", "v2"), config).settled("v1", "v2")
+    assert not rollout.Serving.of(
+        _version("v1", "v2", {"retriever": "v2", "ranker": "none"}), config
+    ).settled("v1", "v2")
+    assert not rollout.Serving.of(_version("v1", "v2"), config).settled("v1", None)
+    two = _deployed(artifacts)
+    two["deployments"][0]["user_config"] = {"bundle": str(artifacts / "bundles" / "v2")}
+    assert not rollout.Serving.of(_version("v2", stages={"retriever": "v2", "ranker": "v1"}), two).settled(
         "v2", None
     )
-    assert rollout.Serving.of(_version("v2", stages={"retriever": "v2", "ranker": "v2"})).settled("v2", None)
+    assert rollout.Serving.of(_version("v2", stages={"retriever": "v2", "ranker": "v2"}), two).settled(
+        "v2", None
+    )
+
+
+def test_the_serving_bundles_directory_comes_from_the_deployed_config_not_from_the_answer(artifacts):
+    # Deployed as `current` when that was v1; a build has moved `current` to v3 since: v1's own directory.
+    serving = rollout.Serving.of(_version("v1"), _deployed(artifacts))
+    assert serving.main_path == str((artifacts / "bundles" / "v1").resolve())
+    canary = rollout.Serving.of(_version("v1", "v2"), _deployed(artifacts, canary="bundles/v2"))
+    assert canary.canary_path == str((artifacts / "bundles" / "v2").resolve())
+    extended = {**_version("v1+items-20261201T000000000Z"), "item_delta": {"stamp": "items-x", "n_items": 2}}
+    delta = str(artifacts / "deltas" / "v1" / "items-x.npz")
+    served = rollout.Serving.of(extended, _deployed(artifacts, delta=delta))
+    assert served.main_path.endswith("bundles/v1") and served.item_delta == delta
+    with pytest.raises(ConfigError, match="bundle v9 is not at"):
+        rollout.Serving.of(_version("v9"), _deployed(artifacts))
 
 
 def test_requests_are_counted_by_arm_from_rays_prometheus_text():

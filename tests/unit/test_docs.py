@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from serve_app.control.frontdoor import BalancerPolicy
 from serve_app.core.settings import AppArgs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +90,18 @@ def test_every_documented_deployment_option_is_what_the_configs_ship() -> None:
             for key in deployment.get("autoscaling_config", {}):
                 documented = f"{name} `autoscaling_config.{key}`"
                 assert any(r["deployment option"] == documented for r in rows), f"{documented} ({column})"
+
+
+def test_every_front_door_key_is_documented_with_its_default_and_the_shipped_values() -> None:
+    rows = {value(r["policy key"]): r for r in table((DOCS / "ops.md").read_text(), "policy key")}
+    assert set(rows) == set(BalancerPolicy.model_fields), (
+        "docs/ops.md's door policy differs from BalancerPolicy"
+    )
+    for name, field in BalancerPolicy.model_fields.items():
+        assert value(rows[name]["default"]) == field.default, f"{name}: documented default"
+        for column in ("balancer.yaml", "balancer.graph.yaml"):
+            shipped_policy = yaml.safe_load((ROOT / "cluster" / column).read_text())
+            assert value(rows[name][f"`{column}`"]) == shipped_policy.get(name, ABSENT), f"{name} in {column}"
 
 
 def test_the_readme_is_a_manual_not_a_notebook() -> None:

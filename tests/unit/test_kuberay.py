@@ -23,6 +23,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from serve_app.control import kuberay
+from serve_app.core.paths import NODE_ENV
 from serve_app.core.settings import AppArgs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -265,3 +266,5 @@ def test_readiness_on_healthz_is_on_the_workers_not_the_head(manifest) -> None:
         env = {e["name"]: e for e in container["env"]}
         assert env["REDIS_CONNECTION_STRING"]["valueFrom"]["secretKeyRef"]["name"] == kuberay.REDIS_SECRET
         assert env["RECSYS_HOME"]["value"] == kuberay.RECSYS_HOME
+        for name, value in NODE_ENV.items():  # Serve's proxy retries a request a dead replica held
+            assert env[name]["value"] == value
