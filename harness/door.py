@@ -38,6 +38,7 @@ from serve_app.control.frontdoor import (
     RECOMMEND,
     BalancerPolicy,
     Popular,
+    ServedRate,
     apply,
     load_policy,
     map_file,
@@ -67,10 +68,15 @@ def runtime(paths: Paths, command: str, timeout_s: float = 2.0) -> str:
 
 
 def backend_stats(paths: Paths, backend: str = RECOMMEND) -> dict[str, str]:
-    """The backend's row of `show stat` (act: servers up; rtime: mean response time, ms, of its last
-    1,024 answers; qcur: requests waiting)."""
+    """The backend's row of `show stat` (act: servers up; qcur: requests waiting; stot: requests it
+    took; rtime: mean response time, ms, of its last answers)."""
     rows = csv.DictReader(io.StringIO(runtime(paths, "show stat").lstrip("# ")))
     return next((r for r in rows if r["pxname"] == backend and r["svname"] == "BACKEND"), {})
+
+
+# How often the popularity list is asked for (a replica serialises it: not every sync), and at once
+# when the replicas change. A rollout step reaches the replicas in seconds; the door follows within this.
+POPULAR_EVERY_S = 5.0
 
 
 class Balancer:
@@ -83,6 +89,7 @@ class Balancer:
         run_dir: Path,
         ports: Callable[[], list[int] | None],
         popular: Callable[[list[int]], Popular | None] = lambda _: None,
+        popular_every_s: float = POPULAR_EVERY_S,
     ) -> None:
         """`ports()`: the replicas' ports as Serve publishes them now (None: it cannot say);
         `popular(ports)`: the popularity list one of them serves (None: none answered)."""
@@ -92,6 +99,9 @@ class Balancer:
         self.restarts = 0
         self.answering = NO_POPULAR
         self.queue = policy.min_queue
+        self.served = ServedRate()
+        self.popular_every_s = popular_every_s
+        self._popular_at = 0.0  # when the popularity list was last asked for
 
     def start(self, ports: list[int]) -> None:
         paths = self.paths
@@ -127,12 +137,13 @@ class Balancer:
             self.restarts += self.proc is not None
             self.start([p for p in self.slots if p is not None])
         ports = self.ports()
-        if ports:
-            for change in plan(self.slots, ports):
-                for command in change.commands():
-                    self._command(command)
-                self.slots = apply(self.slots, [change])
-        self._follow_popular()
+        changes = plan(self.slots, ports) if ports else []
+        for change in changes:
+            for command in change.commands():
+                self._command(command)
+            self.slots = apply(self.slots, [change])
+        if changes or time.monotonic() - self._popular_at >= self.popular_every_s:
+            self._follow_popular()
         self._size_queue()
 
     def _command(self, command: str) -> str:
@@ -146,6 +157,7 @@ class Balancer:
     def _follow_popular(self) -> None:
         """The list the door answers with is what the replicas serve: a rollout, a rollback, a promote or
         an item delta changes it. Each map is replaced as one (HAProxy's prepare/commit)."""
+        self._popular_at = time.monotonic()
         live = self.popular([p for p in self.slots if p is not None])
         if live is None or live == self.answering:
             return
@@ -160,9 +172,11 @@ class Balancer:
         self.answering = live
 
     def _size_queue(self) -> None:
-        """The queue holds what the replicas up now start within the policy's time budget."""
+        """The queue holds what the replicas start within the policy's time budget at the throughput
+        they showed lately."""
         stats = backend_stats(self.paths)
-        limit = queue_limit(self.policy, int(stats.get("act") or 0), float(stats.get("rtime") or 0))
+        sent, queued = int(stats.get("stot") or 0), int(stats.get("qcur") or 0)
+        limit = queue_limit(self.policy, self.served.observe(time.monotonic(), sent, saturated=queued > 0))
         if limit != self.queue:
             self._command(f"set map {self.paths.limits_map} queue {limit}")
             self.queue = limit
@@ -187,11 +201,12 @@ class Balancer:
 
 def popular_of() -> Callable[[list[int]], Popular | None]:
     """GET /popular of the first replica that answers: the list the door answers with."""
+    client = httpx.Client(timeout=1.0)
 
     def read(ports: list[int]) -> Popular | None:
         for port in ports:
             with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                answer = httpx.get(f"http://127.0.0.1:{port}/popular", timeout=1.0)
+                answer = client.get(f"http://127.0.0.1:{port}/popular")
                 if answer.status_code == 200:
                     return Popular.of(answer.json())
         return None

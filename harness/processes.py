@@ -71,6 +71,40 @@ def process_group(pgid: int | None) -> list[psutil.Process]:
     return list(found.values())
 
 
+# Ray's own processes that serve no request: its dashboard and the dashboard's modules, the agents, the
+# monitors, the Ray Client server and the `ray start` that watches them. The GCS, the raylet and the
+# workers (replicas, Serve's controller and proxy) are not among them.
+_DAEMONS = (
+    "ray/dashboard/",
+    "ray.dashboard",
+    "ray-dashboard-",
+    "ray::DashboardAgent",
+    "ray::RuntimeEnvAgent",
+    "log_monitor.py",
+    "autoscaler/_private/monitor.py",
+    "ray.util.client.server",
+    "/bin/ray start",
+)
+
+
+def daemons(pid: int | None) -> list[psutil.Process]:
+    """Ray's background processes in the tree of `pid` (a `ray start --block`)."""
+    found = []
+    for p in tree(pid):
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(p.cmdline()) or p.name()
+            if any(mark in command for mark in _DAEMONS):
+                found.append(p)
+    return found
+
+
+def renice(procs: list[psutil.Process], niceness: int) -> None:
+    """Set the processes' niceness (higher: they get the CPU after everything else)."""
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.nice(niceness)
+
+
 def alive(pid: int | None) -> bool:
     """Running, and not a zombie waiting for its parent to reap it."""
     try:

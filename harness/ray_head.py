@@ -34,6 +34,9 @@ from serve_app.core.paths import LOCAL_CLUSTER_STATE, NODE_ENV, PROJECT_ROOT
 ROOT = PROJECT_ROOT
 STATE = LOCAL_CLUSTER_STATE
 BIN = Path(sys.executable).parent
+# Ray's background processes (dashboard, agents, monitors) at the lowest priority, so the replicas and
+# the front door get the CPU first (docs/decisions.md, "Niceness"); RECSYS_DAEMON_NICENESS overrides it.
+DAEMON_NICENESS = int(os.environ.get("RECSYS_DAEMON_NICENESS", "19"))
 
 
 def cluster_env(
@@ -160,6 +163,7 @@ def start_head(
             _give_up(state_file, proc.pid, token)
             raise RuntimeError(f"ray start exited with {proc.returncode}:\n{_tail(log)}")
         if _head_ready(state, log):
+            processes.renice(processes.daemons(proc.pid), DAEMON_NICENESS)
             return state
         time.sleep(0.5)
     _give_up(state_file, proc.pid, token)

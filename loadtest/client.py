@@ -98,6 +98,11 @@ class Conn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, payload: bytes) -> tuple[int, bytes]:
+        if self.reader is not None and self.reader.at_eof():
+            # The server closed it while it sat idle (HAProxy after its keep-alive timeout): open a new
+            # one, as any HTTP client's pool does, instead of counting the server's housekeeping as a
+            # failed request.
+            self.close()
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None

@@ -41,7 +41,8 @@ class RecommendResponse(BaseModel):
     degraded: bool = Field(description="True when part of the pipeline failed and the answer is a fallback")
     fallback: str | None = Field(
         description="Why the normal path was not used: unknown_user, missing_embedding, "
-        "user_features_unavailable, model_mismatch, retriever_unavailable, ranker_unavailable, brownout; "
+        "user_features_unavailable, model_mismatch, retriever_unavailable, ranker_unavailable, "
+        "bundle_changed, brownout; from the front door past capacity: overloaded, ingress_unavailable; "
         "null when it was"
     )
     request_id: str

@@ -9,9 +9,9 @@ normal response schema, flagged `degraded` (`past_capacity: coarse`), from HAPro
 supervisor keeps in step with what serves. `POST /events` is never acknowledged unless applied: past
 capacity it is refused with 503 + Retry-After, as is /recommend under `past_capacity: refuse`.
 
-The queue is sized by time, not by a count: the supervisor sets its length to what the replicas can
-start within `queue_budget_ms` (`queue_limit`, from HAProxy's own response times), so a short stall
-is absorbed and a sustained overload answered at once instead of after a wait.
+The queue is sized by time, not by a count: the supervisor sets its length to what the replicas start
+within `queue_budget_ms` at the throughput they show (`ServedRate`, from HAProxy's own counters), so
+a short stall is absorbed and a sustained overload answered at once, not after a wait.
 
 The server list is a fixed set of slots that the supervisor points at the ports Serve publishes
 (`target_groups`) through HAProxy's runtime API (`plan`), so a replica on a new port joins without a
@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,7 +63,9 @@ class BalancerPolicy(Strict):
     queue_budget_ms: int = Field(
         50, ge=1, le=60_000, description="how long a request should wait for a replica; sizes the queue"
     )
-    min_queue: int = Field(8, ge=0, le=100_000, description="the queue's length before the first answers")
+    min_queue: int = Field(
+        8, ge=1, le=100_000, description="the queue's length at least, and before the first answers"
+    )
     max_queue: int = Field(1_000, ge=1, le=100_000, description="the queue's length at most")
     queue_timeout_ms: int = Field(
         200, ge=1, le=60_000, description="a request still waiting this long is answered as past capacity"
@@ -93,16 +96,36 @@ def load_policy(path: Path) -> BalancerPolicy:
     return BalancerPolicy.model_validate(yaml.safe_load(path.read_text()) or {})
 
 
-def queue_limit(policy: BalancerPolicy, replicas_up: int, response_ms: float) -> int:
-    """How many requests may wait at the door: what the replicas start within `queue_budget_ms`.
-
-    Little's law: `replicas_up` x `per_replica_in_flight` requests in flight, each held for
-    `response_ms` (HAProxy's average over its last answers), finish at that many per millisecond.
-    With no answers yet to go by (`response_ms` 0) the queue stays at `min_queue`."""
-    if replicas_up <= 0 or response_ms <= 0:
+def queue_limit(policy: BalancerPolicy, served_per_s: float) -> int:
+    """How many requests may wait at the door: what the replicas start within `queue_budget_ms` at
+    `served_per_s` (Little's law); at least `min_queue`, which is all until there is a throughput to go by."""
+    if served_per_s <= 0:
         return policy.min_queue
-    per_ms = replicas_up * policy.per_replica_in_flight / response_ms
-    return max(policy.min_queue, min(policy.max_queue, math.ceil(per_ms * policy.queue_budget_ms)))
+    wanted = math.ceil(served_per_s * policy.queue_budget_ms / 1000)
+    return max(policy.min_queue, min(policy.max_queue, wanted))
+
+
+@dataclass
+class ServedRate:
+    """The replicas' throughput, from HAProxy's cumulative count of requests sent to them, read every
+    sync: while requests queue (`saturated`), what they served since the last reading is what they can
+    serve now; otherwise the highest such figure of the last `window` readings, since at half load
+    the current rate is half of what they can do and the queue must absorb a stall at what they can."""
+
+    window: int = 10
+    _last: tuple[float, int] | None = None
+    _rates: deque[float] = field(default_factory=deque)
+    estimate: float = 0.0
+
+    def observe(self, now_s: float, sent_total: int, saturated: bool) -> float:
+        if self._last is not None and now_s > self._last[0] and sent_total >= self._last[1]:
+            rate = (sent_total - self._last[1]) / (now_s - self._last[0])
+            self._rates.append(rate)
+            while len(self._rates) > self.window:
+                self._rates.popleft()
+            self.estimate = rate if saturated else max(self._rates)
+        self._last = (now_s, sent_total)
+        return self.estimate
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,13 @@ from pathlib import Path
 
 from serve_app.control.frontdoor import OTHER, RECOMMEND, BalancerPolicy, slot_name
 
+DOOR_QUEUE_HEADER = "X-Recsys-Door-Queue"  # serve_app/telemetry/load_signal.py reads it (control may
+# import only core, so the name is written twice; tests/unit/test_autoscaling.py checks they agree)
+
 ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"  # what the ingress accepts as X-Request-ID (api/http.py)
 DEFAULT_K = 10  # /recommend's k when the body names none (api/schemas.py)
 IS_RECOMMEND = "is_recommend is_post"  # POST /recommend (lines of one acl name are ORed: two names)
-ANSWERABLE = f"{IS_RECOMMEND} id_ok k_ok k_known"  # a /recommend the door can answer for itself
+ANSWERABLE = "answerable"  # a POST /recommend the door can answer for itself (_coarse_rules)
 # Why the door answered a /recommend itself: the fallback it names, and the degraded reason it gives.
 OVERLOADED, UNAVAILABLE = "overloaded", "ingress_unavailable"
 COARSE = {
@@ -137,25 +140,39 @@ def _why(case: str, condition: str) -> list[str]:
     ]
 
 
+# JSON integer literals as the schema takes them (strict: not "5", 5.0, 1e3 or true), for json_query's
+# 'int' reading, which would take each of those as a number: a body whose id or k is not one goes to a
+# replica, which answers what is wrong with it (422). HAProxy's untyped json_query formats numbers with
+# %g (1000719 -> 1.00072e+06), hence 'int'.
+_SPACE = "[[:space:]]*"
+_LITERAL = {
+    "id_literal": f"'\"user_id\"{_SPACE}:{_SPACE}[0-9]{{1,19}}{_SPACE}[,}}]'",
+    "k_named": f"'\"k\"{_SPACE}:'",
+    "k_literal": f"'\"k\"{_SPACE}:{_SPACE}[0-9]{{1,3}}{_SPACE}[,}}]'",
+}
+
+
 def _coarse_rules(policy: BalancerPolicy, paths: Paths) -> list[str]:
     """The frontend rules that read what a coarse answer needs from each /recommend (its body is
     buffered: `option http-buffer-request`) and answer it when the queue is past its length."""
-    k = "req.body,json_query('$.k')"
+    readable = "id_found id_literal k_known"
     return [
-        f"    http-request set-var(txn.user_id) req.body,json_query('$.user_id') if {IS_RECOMMEND}",
-        f"    http-request set-var(txn.k) int({DEFAULT_K}) if {IS_RECOMMEND}",
-        f"    http-request set-var(txn.k) {k} if {IS_RECOMMEND} {{ {k} -m found }}",
+        *(f"    acl {name} req.body -m reg {pattern}" for name, pattern in _LITERAL.items()),
+        f"    http-request set-var(txn.user_id) req.body,json_query('$.user_id','int') if {IS_RECOMMEND}",
+        f"    http-request set-var(txn.k) req.body,json_query('$.k','int') if {IS_RECOMMEND} k_literal",
+        f"    http-request set-var(txn.k) int({DEFAULT_K}) if {IS_RECOMMEND} !k_named",
         f"    http-request set-var(txn.items) var(txn.k),map_int({paths.items_map}) if {IS_RECOMMEND}",
-        f"    http-request set-var(txn.version) str(bundle),map({paths.serving_map},unknown) if {IS_RECOMMEND}",
+        f"    http-request set-var(txn.version) str(bundle),map({paths.serving_map},unknown) "
+        f"if {IS_RECOMMEND}",
         *_why("waited", IS_RECOMMEND),
         *_why("none_up", f"{IS_RECOMMEND} {{ nbsrv({RECOMMEND}) eq 0 }}"),
-        # A body the door cannot answer for goes to a replica, which says what is wrong with it (422):
-        # The raw JSON values: the id must be digits (an int >= 0, as the schema says), and k one of the
-        # items map's keys (1..100).
-        # (Lines of one acl name are ORed, so each condition has a name of its own.)
-        "    acl id_ok var(txn.user_id) -m reg ^[0-9]{1,18}$",
-        "    acl k_ok var(txn.k) -m reg ^[0-9]{1,3}$",
+        # (Lines of one acl name are ORed, and a condition is a list of names: the door answers for a
+        # body whose id and k it read as the schema would, with k one of the items map's keys.)
+        "    acl id_found var(txn.user_id) -m found",
         "    acl k_known var(txn.items) -m found",
+        f"    http-request set-var(txn.answerable) bool(1) if {IS_RECOMMEND} {readable} !k_named",
+        f"    http-request set-var(txn.answerable) bool(1) if {IS_RECOMMEND} {readable} k_literal",
+        f"    acl {ANSWERABLE} var(txn.answerable) -m bool",
         f"    http-request return status 200 content-type application/json lf-file "
         f"{paths.coarse_body('full')} hdr X-Request-ID %[var(txn.rid)] hdr Cache-Control no-store "
         f"if {ANSWERABLE} full",
@@ -216,6 +233,9 @@ def render(policy: BalancerPolicy, paths: Paths, ports: list[int]) -> str:
             "    http-request set-var(txn.rid) req.hdr(x-request-id) if sane_id",
             "    http-request set-var(txn.rid) unique-id unless { var(txn.rid) -m found }",
             "    http-request set-header X-Request-ID %[var(txn.rid)]",
+            # What waits here, for the replicas to report to Serve's autoscaler (serve/autoscaling.py):
+            # set on every request, so a client's own header never reaches a replica.
+            f"    http-request set-header {DOOR_QUEUE_HEADER} %[queue({RECOMMEND})]",
             "    acl is_recommend path /recommend",
             "    acl is_post method POST",
             f"    http-request set-var(txn.qmax) str(queue),map_str_int({paths.limits_map},"
@@ -223,9 +243,10 @@ def render(policy: BalancerPolicy, paths: Paths, ports: list[int]) -> str:
             f"    acl full queue({RECOMMEND}),sub(txn.qmax) ge 0",
             f"    acl other_full queue({OTHER}) ge {policy.min_queue}",
             *(_coarse_rules(policy, paths) if coarse else []),
-            # Refused before any replica sees it: the cheap answer that keeps goodput at capacity.
-            _refusal(policy, f"{IS_RECOMMEND} full"),
-            _refusal(policy, "!is_recommend other_full"),
+            # Refused before any replica sees it: the cheap answer that keeps goodput at capacity. Under
+            # `coarse`, a /recommend the door cannot read goes on to a replica, as the other routes do.
+            *([] if coarse else [_refusal(policy, f"{IS_RECOMMEND} full")]),
+            *(_refusal(policy, f"!{name} other_full") for name in to_recommend.split()),
             f"    use_backend {RECOMMEND} if {to_recommend}",
             f"    default_backend {OTHER}",
             f"backend {RECOMMEND}",

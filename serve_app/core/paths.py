@@ -17,9 +17,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # What `make run` started here: state, token, logs (git-ignored).
 RUN_DIR = Path(os.environ.get("RECSYS_RUN_DIR", PROJECT_ROOT / ".run"))
 LOCAL_CLUSTER_STATE = RUN_DIR / "cluster.json"
-# Serve's HTTP proxy sends a request again when its Ingress replica died before answering, instead of
-# uvicorn's bare 500 (serve_app/serve/proxy_retry.py); the proxy reads this when it starts.
-NODE_ENV = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.serve.proxy_retry:middlewares"}
+NODE_ENV = {
+    # Serve's HTTP proxy sends a request again when its Ingress replica died before answering, instead
+    # of uvicorn's bare 500 (serve_app/serve/proxy_retry.py); the proxy reads this when it starts.
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.serve.proxy_retry:middlewares",
+    # Replicas at the niceness of everything else, not Ray's default 15 below it: the answers get the
+    # CPU before Ray's background processes (docs/decisions.md, "Niceness").
+    "RAY_worker_niceness": "0",
+}
 
 
 def home() -> Path:

@@ -43,14 +43,17 @@ def test_each_served_setup_gets_its_own_ratios() -> None:
     assert out["graph"]["max_rps_at_p99_50ms"] == 120  # its c=1 level: the brownout one does not count
 
 
-def test_overload_rows_hold_goodput_against_capacity_and_p99_against_half_load() -> None:
+def test_overload_rows_split_whole_answers_from_the_doors_coarser_ones() -> None:
     from loadtest.report import _overload_table
 
     def over(x: float, rps: float, p99: float, n_503: int) -> dict:
         lv = level(rps, p99)
         lv.update(mode="open", value=x * 500, overload_x=x, capacity_rps=500.0, n_503=n_503)
         lv["refused_latency_ms"] = {"p99": 3.0 if n_503 else None}
-        lv["within_1s_rps"] = rps - 5 * (x > 1)
+        lv["full_rps"] = rps - 100 * (x > 1)  # past capacity, some answers are the door's coarser ones
+        lv["full_latency_ms"] = {"p50": p99 / 4, "p99": p99}
+        lv["door"], lv["door_latency_ms"] = (500, {"p99": 2.5}) if x > 1 else (0, {"p99": None})
+        lv["degraded"] = lv["door"] + 3
         return {**lv, "errors": n_503 + 2, "client": {"cpu_pct": 10.0}}
 
     cat = {
@@ -60,9 +63,9 @@ def test_overload_rows_hold_goodput_against_capacity_and_p99_against_half_load()
     }
     rows = [r for r in _overload_table(cat) if r.startswith("| colocated")]
     assert rows == [
-        "| colocated | 0.5x (250/s) | 250 (50%) | 250 | 10.0 / 40.0 ms (1.00x half load's) "
-        "| 0 (p99 – ms) | 2 | 10.0 |",
-        "| colocated | 3x (1,500/s) | 460 (92%) | 455 | 20.0 / 80.0 ms (2.00x half load's) "
-        "| 9,000 (p99 3.0 ms) | 2 | 10.0 |",
+        "| colocated | 0.5x (250/s) | 250 (50%) | 250 (50%) | 10.0 / 40.0 ms (1.00x half load's) "
+        "| 0 (p99 – ms) | 3 | 0 | 2 | 10.0 |",
+        "| colocated | 3x (1,500/s) | 460 (92%) | 360 (72%) | 20.0 / 80.0 ms (2.00x half load's) "
+        "| 500 (p99 2.5 ms) | 503 | 9,000 | 2 | 10.0 |",
     ]
     assert _overload_table({"targets": {"x": {"levels": [level(500, 40)]}}}) == []
