@@ -27,7 +27,7 @@ import httpx
 
 from serve_app.control.serve_api import ServeApi
 from serve_app.core.errors import ConfigError, DependencyError
-from serve_app.core.paths import resolve_path
+from serve_app.core.paths import home, resolve_path
 
 # The deployments holding a bundle, by topology; their user_config carries the rollout. The
 # EventWriter takes the main bundle only (it folds events in with the main model).
@@ -90,15 +90,18 @@ class Serving:
     item_delta: str | None = None  # the item delta file extending the main bundle (core/item_delta.py)
 
     @classmethod
-    def of(cls, version: dict[str, Any], app_config: dict[str, Any]) -> Serving:
+    def of(cls, version: dict[str, Any], app_config: dict[str, Any], paths: bool = True) -> Serving:
+        """`paths=False` leaves the directories unresolved (""): while a new config rolls out, the
+        replicas may still serve versions the deployed config no longer names."""
         canary = version.get("canary") or {}
         main_hint, canary_hint, delta = deployed_paths(app_config)
         canary_version = canary.get("bundle_version")
+        locate = bundle_dir if paths else lambda *_: ""
         return cls(
             main=version["bundle_version"],
-            main_path=bundle_dir(version["bundle_version"], main_hint),
+            main_path=locate(version["bundle_version"], main_hint),
             canary=canary_version,
-            canary_path=bundle_dir(canary_version, canary_hint) if canary_version and canary_hint else None,
+            canary_path=locate(canary_version, canary_hint) if canary_version and canary_hint else None,
             share=float(canary.get("share", 0.0)),
             stages=version.get("stages", {}),
             canary_stages=canary.get("stages", {}),
@@ -133,7 +136,10 @@ def bundle_dir(version: str, hint: str) -> str:
         manifest = candidate / "manifest.json"
         if manifest.is_file() and json.loads(manifest.read_text()).get("version") == base:
             return str(candidate.resolve())
-    raise ConfigError(f"bundle {base} is not at {path} nor beside it: the config deployed another path")
+    raise ConfigError(
+        f"bundle {base} is not at {path} nor beside it: the config deployed another path (a relative"
+        f" path is read from RECSYS_HOME, here {home()}: set it to the service's home)"
+    )
 
 
 class ServeAdmin(ServeApi):
@@ -151,12 +157,12 @@ class ServeAdmin(ServeApi):
             self._url = self.http_url()
         return self._url
 
-    def serving(self) -> Serving:
+    def serving(self, paths: bool = True) -> Serving:
         try:
             version = httpx.get(f"{self.url}/version", timeout=10).json()
         except httpx.HTTPError as exc:
             raise DependencyError(f"the service at {self.url} did not answer GET /version: {exc}") from exc
-        return Serving.of(version, self.app_config(self.details()))
+        return Serving.of(version, self.app_config(self.details()), paths)
 
 
 def wait_settled(
@@ -165,11 +171,11 @@ def wait_settled(
     """Until Serve reports every deployment of the app healthy (it does once every replica ran the
     new reconfigure) and GET /version shows the step `confirmations` times in a row (each call asks
     one replica per deployment, so several calls see several replicas); a refusal seen on the way or
-    the timeout is an error."""
+    the timeout is an error. The Serving returned names versions, not directories."""
     deadline = time.monotonic() + timeout_s
     seen = 0
     while True:
-        serving = admin.serving()
+        serving = admin.serving(paths=False)  # versions only: mid-rollout they are not the config's
         if serving.refused:
             raise ConfigError(f"refused: {json.dumps(serving.refused)}")
         seen = seen + 1 if serving.settled(main, canary) and admin.healthy() else 0

@@ -68,6 +68,8 @@ def service(two_models, tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_AUTH_TOKEN_PATH", state["token_path"])
         env.delenv("RAY_AUTH_TOKEN", raising=False)
+        # The CLI reads the config's relative bundle paths from the service's home, as an operator's would.
+        env.setenv("RECSYS_HOME", str(home))
         try:
             cluster.deploy(state, ROOT / "cluster" / "serve_config.yaml", http_port=port)
             cluster.wait_healthy(base, state, timeout_s=240)
@@ -87,7 +89,8 @@ def test_canary_promote_and_rollback_under_traffic(two_models, service, tmp_path
     with Traffic(base, USERS) as traffic:
         assert recsys(["rollout", str(b), "--share", "0.2", *where]) == 0
         assert "two_stage" in capsys.readouterr().out  # both evaluations, side by side
-        serving = rollout.Serving.of(httpx.get(f"{base}/version", timeout=10).json())
+        token = Path(state["token_path"]).read_text().strip()
+        serving = rollout.ServeAdmin(state["dashboard"], token, base).serving()
         assert serving.settled(version_a, version_b) and serving.share == 0.2
         split = Split(0.2, version_b)
         canary = _answers(base)

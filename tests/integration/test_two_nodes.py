@@ -22,8 +22,9 @@ from tests.conftest import running
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 DEADLINE_S = 1.0  # request_timeout_s in cluster/serve_config.yaml
 # Above test_chaos's 0.1 s: two nodes' worth of Ray processes share the 2 cores here, and a request
-# whose stage is gone waits out the whole deadline before the ingress settles its fallback answer.
-SLACK_S = 0.2
+# whose stage is gone waits out the whole deadline before the ingress settles its fallback answer
+# (1.26 s seen once on a slow day). It tells a held deadline from a missed one, not a fast answer.
+SLACK_S = 0.5
 
 
 def test_the_worker_node_lost_under_load_fails_no_request_and_its_replicas_come_back(built, tmp_path):
@@ -44,16 +45,18 @@ def test_the_worker_node_lost_under_load_fails_no_request_and_its_replicas_come_
     head, lost, new = report["head_node"], report["lost_node"], report["new_node"]
     assert len({head, lost, new}) == 3, report
 
-    # Placement, from Serve's state: the stages (two replicas each) on the worker node, the config's
-    # two Ingress replicas on the head.
+    # Placement, from Serve's state: the stages (their minimum, two replicas each) on the worker node,
+    # the Ingress replicas (two at least: they autoscale, and the outage holds requests) on the head.
     before = {
-        "Ingress": [head, head],
         "Retriever": [lost, lost],
         "Ranker": [lost, lost],
         "EventWriter": [head],
     }
-    assert report["before"] == before, report
-    assert report["after"]["Ingress"] == [head, head] and report["after"]["EventWriter"] == [head], report
+    assert {k: v for k, v in report["before"].items() if k != "Ingress"} == before, report
+    for when in ("before", "after"):
+        ingress = report[when]["Ingress"]
+        assert len(ingress) >= 2 and set(ingress) == {head}, report
+    assert report["after"]["EventWriter"] == [head], report
     for stage in worker_node.STAGES:
         assert report["after"][stage] and set(report["after"][stage]) == {new}, report
     assert report["lost_node_state"] == "DEAD", report

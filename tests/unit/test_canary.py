@@ -139,6 +139,9 @@ def test_the_serving_bundles_directory_comes_from_the_deployed_config_not_from_t
     assert served.main_path.endswith("bundles/v1") and served.item_delta == delta
     with pytest.raises(ConfigError, match="bundle v9 is not at"):
         rollout.Serving.of(_version("v9"), _deployed(artifacts))
+    # Mid-rollout the replicas still serve what the config no longer names: a wait reads versions only.
+    passing = rollout.Serving.of(_version("v9", "v2"), _deployed(artifacts), paths=False)
+    assert (passing.main, passing.canary, passing.main_path) == ("v9", "v2", "")
 
 
 def test_requests_are_counted_by_arm_from_rays_prometheus_text():
