@@ -280,14 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_report(out: Path, stem: str, report: dict[str, Any], text: str) -> None:
-    """<out>/<timestamp>/<stem>.{json,md}, copied to <out>/latest/, and the markdown printed."""
+def write_report(out: Path, stem: str, report: dict[str, Any], text: str) -> Path:
+    """<out>/<timestamp>/<stem>.{json,md}, copied to <out>/latest/, and the markdown printed; the
+    timestamped folder."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for folder in (out / stamp, out / "latest"):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{stem}.json").write_text(json.dumps(report, indent=2))
         (folder / f"{stem}.md").write_text(text)
     print(text)
+    return out / stamp
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ class ServeApi:
     def __init__(self, dashboard: str, token: str | None, app: str = "recsys", timeout_s: float = 30) -> None:
         self.dashboard, self.app, self.timeout_s = dashboard.rstrip("/"), app, timeout_s
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client: httpx.Client | None = None  # one keep-alive connection for a caller that polls
 
     def details(self) -> dict[str, Any]:
         """Serve's whole state: applications, their deployments and replicas, `target_groups`."""
@@ -103,10 +104,10 @@ class ServeApi:
         return f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
 
     def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        if self._client is None:
+            self._client = httpx.Client(base_url=self.dashboard, headers=self.headers, timeout=self.timeout_s)
         try:
-            answer = httpx.request(
-                method, self.dashboard + path, headers=self.headers, timeout=self.timeout_s, **kw
-            )
+            answer = self._client.request(method, path, **kw)
         except httpx.HTTPError as exc:
             raise DependencyError(f"Serve's API at {self.dashboard} did not answer: {exc}") from exc
         if answer.status_code >= 400:

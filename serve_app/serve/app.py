@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 from fastapi import Request
 from ray import serve
-from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.http import create_api
@@ -28,7 +27,7 @@ from serve_app.api.schemas import (
     without_paths,
 )
 from serve_app.core.bundle import load_bundle
-from serve_app.core.errors import RETRY_AFTER_S, DependencyError, NotReady, Overloaded, RecsysError
+from serve_app.core.errors import RETRY_AFTER_S, DependencyError, NotReady, RecsysError
 from serve_app.core.paths import resolve_path
 from serve_app.core.settings import AppArgs, ServingSettings
 from serve_app.events.models import EventsRequest, EventsResponse
@@ -40,9 +39,11 @@ from serve_app.request.stages import fallback
 from serve_app.request.stages.retrieve import query_vector
 from serve_app.request.stages.served import Served
 from serve_app.request.stages.user_features import UserFeatureResult
+from serve_app.serve.autoscaling import DOOR_QUEUE
 from serve_app.serve.coalesce import CoalescedStages
-from serve_app.serve.deployments import EventWriter, Ranker, Retriever, open_reader
+from serve_app.serve.deployments import EventWriter, Ranker, Retriever, is_backpressure, open_reader
 from serve_app.serve.metrics import FeatureMetrics, RecallGauge, ServeRequestMetrics
+from serve_app.telemetry.load_signal import DOOR_QUEUE_HEADER, DoorQueue
 from serve_app.telemetry.recall_monitor import RecallMonitor
 from serve_app.telemetry.request_log import RequestLog, serving
 
@@ -58,20 +59,6 @@ api = create_api(
     description="Two-stage recommendations: FAISS retrieval, XGBoost ranking, Feast features.",
     version="0.1.0",
 )
-
-
-def is_backpressure(exc: BaseException) -> bool:
-    """A stage's queue was full: Serve raises BackPressureError from the handle, possibly wrapped
-    (a RayTaskError's `cause`, or the chain of a DeploymentResponse passed on as an argument)."""
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return False
-        if isinstance(seen, BackPressureError | Overloaded):
-            return True
-        cause = getattr(seen, "cause", None)
-        seen = seen.__cause__ or seen.__context__ or (cause if isinstance(cause, BaseException) else None)
-    return False
 
 
 @serve.deployment(
@@ -101,6 +88,7 @@ class Ingress:
         self.metrics = ServeRequestMetrics(topology)
         self.request_log = RequestLog(base.request_log_sample_rate, topology)
         self.in_flight = 0  # /recommend requests this replica is answering (the brownout's signal)
+        self.door_queue = DoorQueue()  # what waits at the front door, for the autoscaler
         self.recall: RecallMonitor | None = None
         self.exposure_of: tuple[str, int] | None = None  # (bundle version, window) the gauges watch
         api.state.on_error = self.refused  # every error answer, 4xx and 503, is counted
@@ -186,6 +174,10 @@ class Ingress:
     def check_health(self) -> None:
         self.state.current  # noqa: B018 -- raises until reconfigure has loaded a bundle
 
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's autoscaler samples it (autoscaling.py): the front door's queue, which it cannot see."""
+        return {DOOR_QUEUE: self.door_queue.read()}
+
     @api.post(
         "/recommend",
         response_model=RecommendResponse,
@@ -198,6 +190,7 @@ class Ingress:
     async def recommend(self, body: RecommendRequest, request: Request) -> RecommendResponse:
         start = time.perf_counter()
         serving(request.state.request_id)  # for the stage calls made on its behalf
+        self.door_queue.heard(request.headers.get(DOOR_QUEUE_HEADER))
         self.in_flight += 1
         try:
             refresh = body.user_id in self.recently_pushed

@@ -11,9 +11,10 @@ import logging
 from typing import Any, ClassVar
 
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 
 from serve_app.core.bundle import Part
-from serve_app.core.errors import BundleError, RecsysError
+from serve_app.core.errors import BundleError, Overloaded, RecsysError
 from serve_app.core.settings import SERVING_DEFAULTS, ServingSettings
 from serve_app.events.ingest import EventIngest, feast_push
 from serve_app.events.log import EventLog, event_log_path
@@ -28,7 +29,9 @@ from serve_app.request.stages.retrieve import Retrieved, query_vector, retrieve_
 from serve_app.request.stages.scored import Scored
 from serve_app.request.stages.served import Served
 from serve_app.request.stages.user_features import Observe, UserFeatureReader, feast_fetcher
+from serve_app.serve.autoscaling import ROWS_IN_FLIGHT
 from serve_app.serve.metrics import BatchSizes, BundleInfo, ExpiredCount, FeatureMetrics, RecallGauge
+from serve_app.telemetry.load_signal import RowsInFlight
 from serve_app.telemetry.recall_monitor import RecallMonitor
 from serve_app.telemetry.request_log import log_coalesced
 
@@ -61,6 +64,20 @@ def version_info(state: ServingState) -> dict[str, Any]:
     }
 
 
+def is_backpressure(exc: BaseException) -> bool:
+    """A stage's queue was full: Serve raises BackPressureError from the handle, possibly wrapped
+    (a RayTaskError's `cause`, or the chain of a DeploymentResponse passed on as an argument)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, BackPressureError | Overloaded):
+            return True
+        cause = getattr(seen, "cause", None)
+        seen = seen.__cause__ or seen.__context__ or (cause if isinstance(cause, BaseException) else None)
+    return False
+
+
 class _BundleStage:
     """A batched stage over the parts of the bundle it serves."""
 
@@ -74,6 +91,11 @@ class _BundleStage:
         self.batch_sizes = BatchSizes(self.batched)
         self.expired = ExpiredCount(self.batched)
         self.bundle_info = BundleInfo()
+        self.rows = RowsInFlight()  # requests held, however coalesced into calls: for the autoscaler
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's autoscaler samples it (autoscaling.py)."""
+        return {ROWS_IN_FLIGHT: self.rows.read()}
 
     def reconfigure(self, config: dict[str, Any] | None) -> None:
         settings = self.state.reconfigure(config)
@@ -146,7 +168,8 @@ class Retriever(_BundleStage):
         if not idx:
             return [None] * len(user_id)
         args = [gather(idx, xs) for xs in (user_id, n, exclude, refresh)]
-        out = await self._retrieve(*args)
+        with self.rows.holding(len(idx)):
+            out = await self._retrieve(*args)
         return scatter(len(user_id), idx, out)
 
     async def _retrieve(
@@ -196,7 +219,9 @@ class Ranker(_BundleStage):
         idx = self.expired.live(len(retrieved), deadline)
         if not idx:
             return [None] * len(retrieved)
-        return scatter(len(retrieved), idx, self._rank(gather(idx, retrieved)))
+        with self.rows.holding(len(idx)):
+            ranked = self._rank(gather(idx, retrieved))
+        return scatter(len(retrieved), idx, ranked)
 
     def _rank(self, retrieved: list[Retrieved]) -> list[Scored]:
         self.batch_sizes.observe(retrieved)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import yaml
 
+from serve_app.control.frontdoor import load_policy
 from serve_app.serve.app import AppArgs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,14 +30,13 @@ def test_config_matches_serves_schema_and_our_app_args():
     # the Retriever reads the features; the EventWriter takes POST /events
     assert set(deployments) == {"Ingress", "Retriever", "Ranker", "EventWriter"}
     assert deployments["EventWriter"].num_replicas == 1
-    for name in ("Retriever", "Ranker"):
-        autoscaling = deployments[name].autoscaling_config
-        assert autoscaling["target_ongoing_requests"] > 0 and autoscaling["max_replicas"] >= 1
-        assert autoscaling["min_replicas"] >= 2  # a dead one's requests go to the other meanwhile
+    for name in ("Ingress", "Retriever", "Ranker"):
+        # No single point of failure: a second replica answers while one is replaced (issue 9).
+        assert_autoscaled_on_queue_depth(deployments[name].autoscaling_config)
         assert deployments[name].max_queued_requests > 0
     assert deployments["Ingress"].backpressure_config.retry_after_s > 0
-    # No single point of failure: a second Ingress answers while one is replaced (issue 9).
-    assert deployments["Ingress"].num_replicas >= 2
+    door = load_policy(ROOT / "cluster" / "balancer.graph.yaml")
+    assert deployments["Ingress"].autoscaling_config["target_ongoing_requests"] < door.per_replica_in_flight
     # Brownout before refusal: both thresholds fire below what one Ingress admits at all.
     args = AppArgs.model_validate(app.args)
     limit = deployments["Ingress"].max_ongoing_requests
@@ -55,8 +55,18 @@ def test_colocated_config_matches_serves_schema():
     # Colocated runs no stage deployments (naming one here would fail the deploy); the EventWriter
     # takes POST /events in both topologies.
     assert [d.name for d in app.deployments] == ["Ingress", "EventWriter"]
-    # Two Ingress replicas, fixed: both cores, no single point of failure (docs/ops.md).
-    assert app.deployments[0].num_replicas == 2
+    # Two Ingress replicas at least: both cores, no single point of failure (docs/ops.md); a target
+    # below what the door lets a replica hold, or a replica the door keeps full never asks for more.
+    autoscaling = app.deployments[0].autoscaling_config
+    assert_autoscaled_on_queue_depth(autoscaling)
+    door = load_policy(ROOT / "cluster" / "balancer.yaml")
+    assert autoscaling["target_ongoing_requests"] < door.per_replica_in_flight
+
+
+def assert_autoscaled_on_queue_depth(autoscaling: dict) -> None:
+    assert autoscaling["min_replicas"] >= 2 and autoscaling["max_replicas"] > autoscaling["min_replicas"]
+    assert autoscaling["target_ongoing_requests"] > 0
+    assert autoscaling["policy"]["policy_function"] == "serve_app.serve.autoscaling:queue_depth"
 
 
 def test_unknown_app_arg_is_rejected():
