@@ -89,8 +89,9 @@ class FleetWatch:
 
 def transitions(samples: list[Sample], deployment: str) -> list[dict[str, Any]]:
     """Each change of Serve's target for `deployment`: when it was decided, when RUNNING replicas
-    reached it, and (the Ingress behind a door) when the door's rotation reached it and the newest port
-    took its first request, or when the door stopped sending to the ports that left."""
+    reached it, and (the Ingress behind a door: the door sends to no other deployment) when the door's
+    rotation reached it and the newest port took its first request, or when the door stopped sending
+    to the ports that left."""
     out: list[dict[str, Any]] = []
     for i in range(1, len(samples)):
         before = samples[i - 1].replicas.get(deployment, {}).get("target")
@@ -100,7 +101,7 @@ def transitions(samples: list[Sample], deployment: str) -> list[dict[str, Any]]:
         decided, later = samples[i].t, samples[i:]
         running = next((s.t for s in later if s.replicas[deployment].get("RUNNING", 0) == target), None)
         event: dict[str, Any] = {"from": before, "to": target, "decided_t": decided, "running_t": running}
-        if any(s.door for s in samples):
+        if deployment == "Ingress" and any(s.door for s in samples):
             ports_before = set(samples[i - 1].door)
             in_door = next((s for s in later if len(s.door) == target), None)
             event["door_t"] = in_door.t if in_door else None

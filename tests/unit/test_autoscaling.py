@@ -137,6 +137,9 @@ def test_the_control_loop_is_timed_from_the_step_to_the_doors_first_request() ->
         "failed": 0,
     }
     assert rows[1]["door_s"] == 11.0 and rows[1]["failed"] == 1  # the 502 fell in the way down
+    # The door sends to Ingress replicas only: a stage's transition has no door times.
+    staged = [Sample(s.t, {"Ranker": s.replicas["Ingress"]}, s.door) for s in samples]
+    assert all("door_t" not in t for t in transitions(staged, "Ranker"))
     table = windows(events, samples, 0.0, 60.0, 30.0)
     assert [(w["offered"], w["answered"], w["degraded"]) for w in table] == [(2, 2, 1), (1, 0, 0)]
     assert table[0]["replicas"] == {"Ingress": 4} and table[0]["door_ports"] == 4
