@@ -7,7 +7,8 @@ of the product: the wheel holds only serve_app.
     cluster.py      deploy, wait, and stop everything a cluster's state file records
     processes.py    process trees and groups, stopped roots first; what carries a cluster's mark
     ports.py        loopback ports, never the same one twice to one process
-    door.py         HAProxy in front of the Ingress replicas, kept in step with Serve
+    door.py         HAProxy in front of the Ingress replicas, kept in step with Serve (a process)
+    balancer.py     one round of it: the server slots, the coarse answer's list, the queue's length
     redis_server.py a redis-server, loaded with the Feast CLI
     prometheus.py   a Prometheus scraping a cluster, and queries to it
     audit.py        every socket a cluster listens on, called as a stranger would

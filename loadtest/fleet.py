@@ -73,7 +73,8 @@ class FleetWatch:
     def _door(self) -> dict[int, int]:
         if self.door_run_dir is None:
             return {}
-        from harness.door import Paths, runtime
+        from harness.balancer import runtime
+        from serve_app.control.haproxy_config import Paths
 
         with contextlib.suppress(OSError):  # restarting: the next sample will have it
             return door_servers(runtime(Paths(self.door_run_dir), "show stat"))

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.door import Paths, runtime
+from harness.balancer import runtime
 from harness.ray_head import serve_api
 from loadtest import mix
 from loadtest.client import Level, LoadClient, Tally
 from loadtest.fleet import door_servers, serve_replicas
 from loadtest.targets import served_target
+from serve_app.control.haproxy_config import Paths
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -17,7 +17,7 @@ import httpx
 import pydantic
 import pytest
 
-from harness.door import Balancer, backend_stats, haproxy_binary
+from harness.balancer import Balancer, backend_stats, haproxy_binary
 from harness.ports import free_port
 from serve_app.api.schemas import RecommendResponse
 from serve_app.control.frontdoor import (
