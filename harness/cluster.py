@@ -173,6 +173,13 @@ def stop(state_file: Path = STATE) -> bool:
         *processes.marked(state_file),
     ]
     processes.stop_all(procs)
+    # A process can be born while the others stop (a daemon, slow at nice 19, starting a child as it
+    # goes down): what still carries the mark is stopped too, until nothing does.
+    for _ in range(5):
+        late = processes.marked(state_file)
+        if not late:
+            break
+        processes.stop_all(late)
     stopped_redis = "redis" in state and redis_server.stop(redis_server.RedisServer(**state["redis"]))
     state_file.unlink(missing_ok=True)
     if state.get("token_path"):
