@@ -46,10 +46,15 @@ def runtime(paths: Paths, command: str, timeout_s: float = 2.0) -> str:
     return b"".join(chunks).decode().strip()
 
 
+def stat_rows(stat_csv: str) -> list[dict[str, str]]:
+    """`show stat`'s CSV (its header line starts with '# ') as one dict per proxy and server."""
+    return list(csv.DictReader(io.StringIO(stat_csv.lstrip("# "))))
+
+
 def backend_stats(paths: Paths, backend: str = RECOMMEND) -> dict[str, str]:
     """The backend's row of `show stat` (act: servers up; qcur: requests waiting; stot: requests it
     took; rtime: mean response time, ms, of its last answers)."""
-    rows = csv.DictReader(io.StringIO(runtime(paths, "show stat").lstrip("# ")))
+    rows = stat_rows(runtime(paths, "show stat"))
     return next((r for r in rows if r["pxname"] == backend and r["svname"] == "BACKEND"), {})
 
 

@@ -8,15 +8,15 @@ on the way down (loadtest/elastic.py reports them).
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.balancer import runtime, stat_rows
 from serve_app.control.frontdoor import RECOMMEND
+from serve_app.control.haproxy_config import Paths
 from serve_app.control.serve_api import ServeApi
 
 
@@ -43,7 +43,7 @@ def serve_replicas(details: dict[str, Any], app: str = "recsys") -> dict[str, di
 def door_servers(stat_csv: str) -> dict[int, int]:
     """From HAProxy's `show stat`: the /recommend servers not in maintenance, port -> requests sent."""
     out = {}
-    for row in csv.DictReader(io.StringIO(stat_csv.lstrip("# "))):
+    for row in stat_rows(stat_csv):
         if row["pxname"] != RECOMMEND or row["svname"] in ("FRONTEND", "BACKEND"):
             continue
         if row["status"].startswith("MAINT") or not row.get("addr"):
@@ -73,9 +73,6 @@ class FleetWatch:
     def _door(self) -> dict[int, int]:
         if self.door_run_dir is None:
             return {}
-        from harness.balancer import runtime
-        from serve_app.control.haproxy_config import Paths
-
         with contextlib.suppress(OSError):  # restarting: the next sample will have it
             return door_servers(runtime(Paths(self.door_run_dir), "show stat"))
         return {}

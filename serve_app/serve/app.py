@@ -292,7 +292,7 @@ class Ingress:
     @api.get("/popular", response_model=PopularResponse)
     async def popular(self) -> PopularResponse:
         """The main bundle's popularity list, business rules applied (not per user): what the front
-        door answers with past capacity (harness/door.py follows it)."""
+        door answers with past capacity (harness/balancer.py follows it)."""
         top = fallback.popular(self.state.current, NO_USER, MAX_K, (), "popular")
         items = [
             ItemScore(item_id=int(i), score=float(s)) for i, s in zip(top.item_ids, top.scores, strict=True)
