@@ -18,6 +18,7 @@ from serve_app.control.frontdoor import (
     NO_POPULAR,
     RECOMMEND,
     BalancerPolicy,
+    DoorShare,
     Popular,
     ServedRate,
     apply,
@@ -25,7 +26,7 @@ from serve_app.control.frontdoor import (
     plan,
     queue_limit,
 )
-from serve_app.control.haproxy_config import COARSE, Paths, coarse_body, error_page, render
+from serve_app.control.haproxy_config import COARSE, FRONTEND, Paths, coarse_body, error_page, render
 
 
 def haproxy_binary() -> str:
@@ -54,8 +55,11 @@ def stat_rows(stat_csv: str) -> list[dict[str, str]]:
 def backend_stats(paths: Paths, backend: str = RECOMMEND) -> dict[str, str]:
     """The backend's row of `show stat` (act: servers up; qcur: requests waiting; stot: requests it
     took; rtime: mean response time, ms, of its last answers)."""
-    rows = stat_rows(runtime(paths, "show stat"))
-    return next((r for r in rows if r["pxname"] == backend and r["svname"] == "BACKEND"), {})
+    return _row(stat_rows(runtime(paths, "show stat")), backend, "BACKEND")
+
+
+def _row(rows: list[dict[str, str]], proxy: str, name: str) -> dict[str, str]:
+    return next((r for r in rows if r["pxname"] == proxy and r["svname"] == name), {})
 
 
 # How often the popularity list is asked for (a replica serialises it: not every sync), and at once
@@ -84,6 +88,7 @@ class Balancer:
         self.answering = NO_POPULAR
         self.queue = policy.min_queue
         self.served = ServedRate()
+        self.door_share = DoorShare()
         self.popular_every_s = popular_every_s
         self._popular_at = 0.0  # when the popularity list was last asked for
 
@@ -157,10 +162,13 @@ class Balancer:
 
     def _size_queue(self) -> None:
         """The queue holds what the replicas start within the policy's time budget at the throughput
-        they showed lately."""
-        stats = backend_stats(self.paths)
+        they showed lately: the shorter budget while the door answers a share of the requests itself."""
+        rows = stat_rows(runtime(self.paths, "show stat"))
+        stats, front = _row(rows, RECOMMEND, "BACKEND"), _row(rows, FRONTEND, "FRONTEND")
         sent, queued = int(stats.get("stot") or 0), int(stats.get("qcur") or 0)
-        limit = queue_limit(self.policy, self.served.observe(time.monotonic(), sent, saturated=queued > 0))
+        served = self.served.observe(time.monotonic(), sent, saturated=queued > 0)
+        share = self.door_share.observe(int(front.get("req_tot") or 0), int(front.get("intercepted") or 0))
+        limit = queue_limit(self.policy, served, overloaded=share >= self.policy.overloaded_share)
         if limit != self.queue:
             self._command(f"set map {self.paths.limits_map} queue {limit}")
             self.queue = limit

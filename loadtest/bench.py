@@ -80,6 +80,7 @@ class Options:
     config: Path = ROOT / "cluster" / "serve_config.yaml"  # the `served` target's
     throughput_optimized: bool = False  # RAY_SERVE_THROUGHPUT_OPTIMIZED=1, client on direct ingress
     balancer: Path | None = None  # the `served` target behind HAProxy with this policy
+    fixed_replicas: bool = False  # autoscaled deployments held at their min_replicas
     # Open-loop levels at these multiples of the target's own capacity (its best closed-loop level):
     # the overload table, comparable across setups and machines of different speeds.
     overload: list[float] = field(default_factory=list)
@@ -176,7 +177,7 @@ class Runner:
     def catalogue(self, cat: Any, work: Path) -> dict:
         from loadtest import mix
         from loadtest.baseline_app import stage_settings
-        from loadtest.targets import run_floor, served_target, uvicorn_target
+        from loadtest.targets import pinned_replicas, run_floor, served_target, uvicorn_target
 
         o = self.opts
         bundle = cat.ensure(o.out / "build-logs")
@@ -210,6 +211,8 @@ class Runner:
 
         def served(name: str) -> dict:
             config, direct, front = o.setup(name)
+            if o.fixed_replicas:
+                config = pinned_replicas(config, work / f"{name}-fixed-replicas.yaml")
             with served_target(
                 bundle, cat.repo, work / f"{name}-{cat.name}", config, direct, balancer=front
             ) as target:
@@ -337,6 +340,11 @@ def parse(argv: list[str]) -> Options:
         help="RAY_SERVE_THROUGHPUT_OPTIMIZED=1 on the head; load goes to the ingress's own port",
     )
     p.add_argument("--balancer", type=Path, help="with --throughput-optimized: HAProxy in front, this policy")
+    p.add_argument(
+        "--fixed-replicas",
+        action="store_true",
+        help="hold autoscaled deployments at their min_replicas (capacity and its multiples, one fleet)",
+    )
     a = p.parse_args(argv)
     if bool(a.bundle) != bool(a.repo):
         p.error("--bundle and --repo go together")
@@ -364,6 +372,7 @@ def parse(argv: list[str]) -> Options:
         config=(a.config or Options.config).resolve(),
         throughput_optimized=a.throughput_optimized,
         balancer=a.balancer.resolve() if a.balancer else None,
+        fixed_replicas=a.fixed_replicas,
         overload=_floats(a.overload),
         debug_fraction=a.debug_fraction,
         command=shlex.join(["python", "-m", "loadtest.bench", *argv]),

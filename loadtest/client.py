@@ -20,7 +20,10 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
-from serve_app.control.haproxy_config import DOOR_FALLBACKS
+from serve_app.control.haproxy_config import COARSE, DOOR_FALLBACKS
+
+# The door's answer after a wait in its queue (the others came at once, the queue full, or no replica up)
+DOOR_WAITED = COARSE["waited"][1].encode()
 
 Payload = tuple[bytes, bool]  # (raw request, asks for debug timings)
 
@@ -50,6 +53,7 @@ class Tally:
     latencies_ms: list[float] = field(default_factory=list)  # 2xx answers only
     full_ms: list[float] = field(default_factory=list)  # ... of them not degraded: the whole answer
     door_ms: list[float] = field(default_factory=list)  # ... the front door's own, coarser answers
+    door_waited: int = 0  # ... of them after waiting in its queue for queue_timeout_ms
     refused_ms: list[float] = field(default_factory=list)  # 503 and 429: how fast a refusal came
     statuses: dict[int, int] = field(default_factory=dict)
     errors: int = 0  # connection failures and malformed answers
@@ -83,6 +87,7 @@ class Tally:
                 self.fallback[reason] = self.fallback.get(reason, 0) + 1
                 if reason in DOOR_FALLBACKS:
                     self.door_ms.append((t1 - t0) * 1000)
+                    self.door_waited += DOOR_WAITED in body
             if debug:
                 timings = json.loads(body).get("timings_ms")
                 if timings:

@@ -147,7 +147,8 @@ def _overload_table(cat: dict) -> list[str]:
                 f"| {target} | {lv['overload_x']:g}x ({lv['value']:,.0f}/s) | {answered:,.0f} "
                 f"({100 * answered / cap:.0f}%) | {whole:,.0f} ({100 * whole / cap:.0f}%) | "
                 f"{_fmt(full['p50'], 1)} / {_fmt(full['p99'], 1)} ms ({_fmt(vs_half, 2)}x half load's) | "
-                f"{lv.get('door', 0):,} (p99 {_fmt(door.get('p99'), 1)} ms) | {lv['degraded']:,} | "
+                f"{lv.get('door', 0):,} (p99 {_fmt(door.get('p99'), 1)} ms; "
+                f"{lv.get('door_waited', 0):,} after a wait) | {lv['degraded']:,} | "
                 f"{lv['n_503']:,} | {lv['errors'] - lv['n_503']:,} | {_fmt(lv['client']['cpu_pct'])} |"
             )
     if not rows:

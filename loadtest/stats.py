@@ -72,6 +72,7 @@ def merge(tallies: Sequence[Tally], duration_s: float) -> dict[str, Any]:
         "full_latency_ms": latency_summary([x for t in active for x in t.full_ms]),
         "door": sum(len(t.door_ms) for t in active),
         "door_latency_ms": latency_summary([x for t in active for x in t.door_ms]),
+        "door_waited": sum(t.door_waited for t in active),
         "refused_latency_ms": latency_summary([x for t in active for x in t.refused_ms]),
         "errors": errors,
         "error_rate": round(errors / max(1, ok + errors), 5),

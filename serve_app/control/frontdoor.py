@@ -11,7 +11,9 @@ capacity it is refused with 503 + Retry-After, as is /recommend under `past_capa
 
 The queue is sized by time, not by a count: the supervisor sets its length to what the replicas start
 within `queue_budget_ms` at the throughput they show (`ServedRate`, from HAProxy's own counters), so
-a short stall is absorbed and a sustained overload answered at once, not after a wait.
+a short stall is absorbed; once the door is answering a share of /recommend itself (`DoorShare`: a
+sustained overload, not a stall) the queue holds only what they start within the shorter
+`overloaded_budget_ms`, so what is past capacity is answered at once, and what is admitted waits little.
 
 The server list is a fixed set of slots that the supervisor points at the ports Serve publishes
 (`target_groups`) through HAProxy's runtime API (`plan`), so a replica on a new port joins without a
@@ -67,6 +69,18 @@ class BalancerPolicy(Strict):
         8, ge=1, le=100_000, description="the queue's length at least, and before the first answers"
     )
     max_queue: int = Field(1_000, ge=1, le=100_000, description="the queue's length at most")
+    overloaded_budget_ms: int = Field(
+        20,
+        ge=1,
+        le=60_000,
+        description="the queue's time budget while the door answers /recommend itself (min_queue aside)",
+    )
+    overloaded_share: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="the share of the last sync's requests the door answered itself that means overloaded",
+    )
     queue_timeout_ms: int = Field(
         200, ge=1, le=60_000, description="a request still waiting this long is answered as past capacity"
     )
@@ -96,11 +110,16 @@ def load_policy(path: Path) -> BalancerPolicy:
     return BalancerPolicy.model_validate(yaml.safe_load(path.read_text()) or {})
 
 
-def queue_limit(policy: BalancerPolicy, served_per_s: float) -> int:
+def queue_limit(policy: BalancerPolicy, served_per_s: float, overloaded: bool = False) -> int:
     """How many requests may wait at the door: what the replicas start within `queue_budget_ms` at
-    `served_per_s` (Little's law); at least `min_queue`, which is all until there is a throughput to go by."""
+    `served_per_s` (Little's law); at least `min_queue`, which is all until there is a throughput to go
+    by. `overloaded` (the door is answering past capacity already): within `overloaded_budget_ms`, at
+    least one, since a request that joins a queue that cannot empty in time waits for nothing."""
     if served_per_s <= 0:
         return policy.min_queue
+    if overloaded:
+        wanted = math.ceil(served_per_s * policy.overloaded_budget_ms / 1000)
+        return max(1, min(policy.max_queue, wanted))
     wanted = math.ceil(served_per_s * policy.queue_budget_ms / 1000)
     return max(policy.min_queue, min(policy.max_queue, wanted))
 
@@ -126,6 +145,25 @@ class ServedRate:
             self.estimate = rate if saturated else max(self._rates)
         self._last = (now_s, sent_total)
         return self.estimate
+
+
+@dataclass
+class DoorShare:
+    """The share of the requests the door answered itself (HAProxy's frontend counters `req_tot` and
+    `intercepted`, read every sync) since the last reading: past `overloaded_share` the overload is
+    sustained, not a stall that a queue absorbs. The door's answers after a wait in the queue do not
+    count: a stall makes those, and the full queue's answers follow them when it lasts."""
+
+    _last: tuple[int, int] | None = None
+    share: float = 0.0
+
+    def observe(self, requests_total: int, answered_total: int) -> float:
+        if self._last is not None and requests_total > self._last[0] and answered_total >= self._last[1]:
+            self.share = (answered_total - self._last[1]) / (requests_total - self._last[0])
+        elif self._last is not None and requests_total == self._last[0]:
+            self.share = 0.0  # no requests: nothing past capacity
+        self._last = (requests_total, answered_total)
+        return self.share
 
 
 @dataclass(frozen=True)

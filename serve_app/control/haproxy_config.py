@@ -21,6 +21,7 @@ from pathlib import Path
 
 from serve_app.control.frontdoor import OTHER, RECOMMEND, BalancerPolicy, slot_name
 
+FRONTEND = "recsys"  # the one frontend, whose counters say how much the door answers itself
 DOOR_QUEUE_HEADER = "X-Recsys-Door-Queue"  # serve_app/telemetry/load_signal.py reads it (control may
 # import only core, so the name is written twice; tests/unit/test_autoscaling.py checks they agree)
 
@@ -227,7 +228,7 @@ def render(policy: BalancerPolicy, paths: Paths, ports: list[int]) -> str:
             "    retries 2",
             "    unique-id-format %{+X}o%ci%cp%fp%Ts%rt%pid",
             *[f"    errorfile {s} {paths.error_page(s)}" for s in sorted(_REASONS)],
-            "frontend recsys",
+            f"frontend {FRONTEND}",
             f"    bind {policy.host}:{policy.port}",
             f"    acl sane_id req.hdr(x-request-id) -m reg {ID_PATTERN}",
             "    http-request set-var(txn.rid) req.hdr(x-request-id) if sane_id",

@@ -23,6 +23,7 @@ from serve_app.api.schemas import RecommendResponse
 from serve_app.control.frontdoor import (
     BalancerPolicy,
     Change,
+    DoorShare,
     Popular,
     ServedRate,
     load_policy,
@@ -109,6 +110,21 @@ def test_the_queue_holds_what_the_replicas_start_within_its_time_budget() -> Non
     assert served.observe(6.0, 10, saturated=False) == 200  # the count started again: no new rate
     with pytest.raises(pydantic.ValidationError, match="`queue` is no longer a setting"):
         BalancerPolicy.model_validate({"queue": 8})
+
+
+def test_a_sustained_overload_shortens_the_queue_and_a_stall_does_not() -> None:
+    policy = BalancerPolicy(queue_budget_ms=60, min_queue=16, overloaded_budget_ms=20)
+    assert queue_limit(policy, served_per_s=210) == 16  # a stall at half load: min_queue absorbs it
+    assert queue_limit(policy, served_per_s=210, overloaded=True) == 5  # 210 a second for 20 ms
+    assert queue_limit(policy, served_per_s=10, overloaded=True) == 1  # min_queue aside, one at least
+    assert queue_limit(policy, served_per_s=0, overloaded=True) == 16  # nothing to go by yet
+    share = DoorShare()
+    assert share.observe(1_000, 0) == 0.0  # one reading: nothing to compare
+    assert share.observe(1_100, 2) == pytest.approx(0.02)  # a stall: two answered by the door
+    assert share.observe(1_700, 402) == pytest.approx(400 / 600)  # 3x: two thirds answered by it
+    assert share.observe(1_700, 402) == 0.0  # no requests since
+    assert share.observe(5, 0) == 0.0  # HAProxy started again: its counters too
+    assert share.observe(105, 50) == pytest.approx(0.5)
 
 
 class _Replica:
@@ -243,6 +259,36 @@ def test_past_capacity_the_door_answers_the_popularity_list_coarser(tmp_path: Pa
     # both ways a request is answered coarser: at once, the queue full, and after waiting its time out
     reasons = {a.json()["degraded_reason"] for _, a in coarse}
     assert reasons == {COARSE["full"][1], COARSE["waited"][1]}, reasons
+
+
+def test_past_capacity_the_queue_shortens_and_under_it_the_queue_absorbs_stalls_again(tmp_path: Path) -> None:
+    replicas = [_Replica(work_s=0.05), _Replica(work_s=0.05)]  # 4 slots of 20 a second: ~80 a second
+    policy = BalancerPolicy(
+        port=free_port(),
+        per_replica_in_flight=2,
+        min_queue=16,
+        overloaded_budget_ms=20,
+        queue_timeout_ms=2_000,
+        health_check_interval_ms=60_000,
+    )
+    url = f"http://127.0.0.1:{policy.port}"
+    with (
+        _front(tmp_path, policy, [[r.port for r in replicas]]) as balancer,
+        concurrent.futures.ThreadPoolExecutor(64) as pool,
+    ):
+        balancer.step()  # the counters' first reading
+        answers = list(pool.map(_post, [url] * 320))  # 64 at a time against 4 slots and 16 queued
+        balancer.step()
+        overloaded_queue = balancer.queue
+        for _ in range(4):
+            assert "port" in _post(url).json()  # one at a time: every one a replica's answer
+        balancer.step()
+    for r in replicas:
+        r.close()
+    assert sum("items" in a.json() for a in answers) >= 32  # the door answered past capacity
+    # what 4 slots start within 20 ms (2 at 80 a second), not min_queue's 16
+    assert 1 <= overloaded_queue <= 4, overloaded_queue
+    assert balancer.queue == 16  # nothing answered by the door in the last round: min_queue again
 
 
 def test_the_coarse_answer_follows_what_serves_and_events_are_never_answered_coarser(tmp_path: Path) -> None:

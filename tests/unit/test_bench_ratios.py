@@ -3,6 +3,8 @@ answered in full (no more than 1% errors, no more than 1% degraded answers), per
 
 from __future__ import annotations
 
+import json
+
 from loadtest.report import max_throughput_at_slo, ratios
 
 
@@ -53,6 +55,7 @@ def test_overload_rows_split_whole_answers_from_the_doors_coarser_ones() -> None
         lv["full_rps"] = rps - 100 * (x > 1)  # past capacity, some answers are the door's coarser ones
         lv["full_latency_ms"] = {"p50": p99 / 4, "p99": p99}
         lv["door"], lv["door_latency_ms"] = (500, {"p99": 2.5}) if x > 1 else (0, {"p99": None})
+        lv["door_waited"] = 7 * (x > 1)  # of them, answered after a wait in the queue
         lv["degraded"] = lv["door"] + 3
         return {**lv, "errors": n_503 + 2, "client": {"cpu_pct": 10.0}}
 
@@ -64,8 +67,35 @@ def test_overload_rows_split_whole_answers_from_the_doors_coarser_ones() -> None
     rows = [r for r in _overload_table(cat) if r.startswith("| colocated")]
     assert rows == [
         "| colocated | 0.5x (250/s) | 250 (50%) | 250 (50%) | 10.0 / 40.0 ms (1.00x half load's) "
-        "| 0 (p99 – ms) | 3 | 0 | 2 | 10.0 |",
+        "| 0 (p99 – ms; 0 after a wait) | 3 | 0 | 2 | 10.0 |",
         "| colocated | 3x (1,500/s) | 460 (92%) | 360 (72%) | 20.0 / 80.0 ms (2.00x half load's) "
-        "| 500 (p99 2.5 ms) | 503 | 9,000 | 2 | 10.0 |",
+        "| 500 (p99 2.5 ms; 7 after a wait) | 503 | 9,000 | 2 | 10.0 |",
     ]
     assert _overload_table({"targets": {"x": {"levels": [level(500, 40)]}}}) == []
+
+
+def test_the_client_tells_the_doors_answers_after_a_wait_from_those_at_once() -> None:
+    from loadtest.client import Tally
+    from loadtest.stats import merge
+    from serve_app.control.haproxy_config import COARSE
+
+    tally = Tally(start=1.0)
+    for case in ("full", "waited", "waited", "none_up"):
+        fallback, reason = COARSE[case]
+        answer = {"degraded": True, "fallback": fallback, "degraded_reason": reason}
+        tally.record(1.0, 1.01, 200, json.dumps(answer, separators=(",", ":")).encode(), debug=False)
+    tally.record(1.0, 1.02, 200, b'{"degraded":false,"fallback":null}', debug=False)
+    out = merge([tally], 1.0)
+    assert (out["door"], out["door_waited"], out["degraded"]) == (4, 2, 4)
+
+
+def test_fixed_replicas_hold_each_autoscaled_deployment_at_its_minimum(tmp_path) -> None:
+    import yaml
+
+    from loadtest.targets import ROOT, pinned_replicas
+
+    config = pinned_replicas(ROOT / "cluster" / "serve_config.yaml", tmp_path / "fixed.yaml")
+    deployments = yaml.safe_load(config.read_text())["applications"][0]["deployments"]
+    autoscaled = [d for d in deployments if "autoscaling_config" in d]
+    assert not autoscaled and all(d.get("num_replicas", 1) >= 1 for d in deployments)
+    assert {d["name"]: d.get("num_replicas") for d in deployments}["Ranker"] == 2  # its min_replicas
