@@ -22,6 +22,7 @@ from pathlib import Path
 from serve_app.control.frontdoor import OTHER, RECOMMEND, BalancerPolicy, slot_name
 
 FRONTEND = "recsys"  # the one frontend, whose counters say how much the door answers itself
+DOOR_ARRIVED_HEADER = "X-Recsys-Door-Arrived"  # request/deadlines.py reads it: the deadline starts here
 DOOR_QUEUE_HEADER = "X-Recsys-Door-Queue"  # serve_app/telemetry/load_signal.py reads it (control may
 # import only core, so the name is written twice; tests/unit/test_autoscaling.py checks they agree)
 
@@ -237,6 +238,9 @@ def render(policy: BalancerPolicy, paths: Paths, ports: list[int]) -> str:
             # What waits here, for the replicas to report to Serve's autoscaler (serve/autoscaling.py):
             # set on every request, so a client's own header never reaches a replica.
             f"    http-request set-header {DOOR_QUEUE_HEADER} %[queue({RECOMMEND})]",
+            # When it arrived (wall-clock ms): the time it waits here and in a replica comes off its
+            # deadline, so an answer is due by the client's deadline, not the replica's own.
+            f"    http-request set-header {DOOR_ARRIVED_HEADER} %[date(0,ms)]",
             "    acl is_recommend path /recommend",
             "    acl is_post method POST",
             f"    http-request set-var(txn.qmax) str(queue),map_str_int({paths.limits_map},"

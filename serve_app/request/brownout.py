@@ -80,19 +80,21 @@ class BrownoutFlow:
         self.is_overload = is_overload
         self.shed = {"retrieval": 0, "popular": 0}  # requests answered cheaper, by level
 
-    async def run(self, user_id: int, k: int, exclude: tuple[int, ...], refresh: bool = False) -> Scored:
+    async def run(
+        self, user_id: int, k: int, exclude: tuple[int, ...], refresh: bool = False, spent_s: float = 0.0
+    ) -> Scored:
         served = self.state.for_user(user_id)
         policy = BrownoutPolicy.of(served.settings)
         in_flight = self.in_flight()
         level = policy.level(in_flight)
         if level == "full":
-            return await self.full.run(user_id, k, exclude, refresh)
+            return await self.full.run(user_id, k, exclude, refresh, spent_s)
         self.shed[level] += 1
         reason = policy.reason(level, in_flight)
         if level == "retrieval":
             unranked = Stages(self._retrieval_task, in_retrieval_order(reason))
             flow = RecommendFlow(unranked, self.state, self.is_overload)
-            return await flow.run(user_id, k, exclude, refresh)
+            return await flow.run(user_id, k, exclude, refresh, spent_s)
         empty = Scored.empty(served.bundle.version, fallback=fallback.BROWNOUT, degraded=True, reason=reason)
         return fallback.settle(empty, served, user_id, k, exclude)
 

@@ -7,6 +7,10 @@ deadline as wall-clock time (`time.time()`: the stages may run in other processe
 whose clocks NTP keeps within milliseconds), and the Retriever and the Ranker compute only the
 requests still inside it; a dropped one comes back as `None`, and its caller raises `Expired`.
 The per-request path (`ingress_batch_size: 1`, the stages' own `@serve.batch`) carries no deadline.
+
+The deadline is the client's, so it starts at the front door: HAProxy stamps when a request arrived
+(`DOOR_ARRIVED_HEADER`, wall-clock milliseconds), and what it spent in the door's queue and the
+replica's own before the flow began comes off `request_timeout_s` (`spent_since`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,20 @@ T = TypeVar("T")
 
 class Expired(TimeoutError):
     """The stage dropped this request: its deadline had passed before the stage reached it."""
+
+
+DOOR_ARRIVED_HEADER = "x-recsys-door-arrived"  # set by the door (control/haproxy_config.py)
+
+
+def spent_since(arrived_ms: str | None, limit_s: float, now: float | None = None) -> float:
+    """Seconds since the door's stamp, within 0..`limit_s`: 0 without a readable one (no door, the
+    Serve proxy's path), and a clock a little behind another node's counts as no time spent."""
+    try:
+        arrived_s = int(arrived_ms or "") / 1000
+    except ValueError:
+        return 0.0
+    at = time.time() if now is None else now
+    return min(limit_s, max(0.0, at - arrived_s))
 
 
 def deadline_in(seconds: float) -> float:

@@ -39,6 +39,7 @@ class Stages:
 
 
 FALLBACK_RESERVE_S = 0.05  # of the request deadline, kept for the retrieval-order fallback
+MIN_DEADLINE_S = 0.02  # a request that waited its whole deadline: time for a cached read, no more
 OverloadCheck = Callable[[BaseException], bool]
 
 
@@ -54,10 +55,14 @@ class RecommendFlow:
         which is answered 503, not degraded; in-process stages have no queue to refuse from."""
         self.stages, self.state, self.is_overload = stages, state, is_overload
 
-    async def run(self, user_id: int, k: int, exclude: tuple[int, ...], refresh: bool = False) -> Scored:
-        """`refresh`: the user's features are read past the cache (they just sent events)."""
+    async def run(
+        self, user_id: int, k: int, exclude: tuple[int, ...], refresh: bool = False, spent_s: float = 0.0
+    ) -> Scored:
+        """`refresh`: the user's features are read past the cache (they just sent events). `spent_s`:
+        what the request waited before it got here (deadlines.spent_since), off its deadline; past
+        it, the stages still get `MIN_DEADLINE_S` and the answer is likely the popularity list."""
         served = self.state.for_user(user_id)
-        deadline_s = served.settings.request_timeout_s
+        deadline_s = max(MIN_DEADLINE_S, served.settings.request_timeout_s - spent_s)
         end = asyncio.get_running_loop().time() + deadline_s
         retrieved = self.stages.retrieve(user_id, served.settings.n_candidates, exclude, refresh)
         ranked = self.stages.rank(retrieved)

@@ -33,6 +33,7 @@ from serve_app.core.settings import AppArgs, ServingSettings
 from serve_app.events.models import EventsRequest, EventsResponse
 from serve_app.events.push_feed import Pushed, RecentlyPushed, follow
 from serve_app.request.brownout import BrownoutFlow
+from serve_app.request.deadlines import DOOR_ARRIVED_HEADER, spent_since
 from serve_app.request.flow import Stages, local_stages
 from serve_app.request.serving_state import ServingState
 from serve_app.request.stages import fallback
@@ -194,7 +195,9 @@ class Ingress:
         self.in_flight += 1
         try:
             refresh = body.user_id in self.recently_pushed
-            result = await self.flow.run(body.user_id, body.k, tuple(body.exclude_item_ids), refresh)
+            spent_s = spent_since(request.headers.get(DOOR_ARRIVED_HEADER), limit_s=60.0)
+            exclude = tuple(body.exclude_item_ids)
+            result = await self.flow.run(body.user_id, body.k, exclude, refresh, spent_s)
         finally:
             self.in_flight -= 1
         elapsed_ms = (time.perf_counter() - start) * 1000

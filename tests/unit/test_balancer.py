@@ -132,6 +132,7 @@ class _Replica:
 
     def __init__(self, work_s: float) -> None:
         self.in_flight = self.most = self.served = 0
+        self.arrived: str | None = None
         lock = threading.Lock()
         replica = self
 
@@ -150,6 +151,7 @@ class _Replica:
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                replica.arrived = self.headers.get("X-Recsys-Door-Arrived")  # the door's stamp, ms
                 with lock:
                     replica.in_flight += 1
                     replica.most = max(replica.most, replica.in_flight)
@@ -281,7 +283,10 @@ def test_past_capacity_the_queue_shortens_and_under_it_the_queue_absorbs_stalls_
         balancer.step()
         overloaded_queue = balancer.queue
         for _ in range(4):
+            sent_at = time.time()
             assert "port" in _post(url).json()  # one at a time: every one a replica's answer
+            stamps = [int(r.arrived) / 1000 for r in replicas if r.arrived]
+            assert any(sent_at - 0.01 <= t <= time.time() + 0.01 for t in stamps), (sent_at, stamps)
         balancer.step()
     for r in replicas:
         r.close()

@@ -8,8 +8,10 @@ import time
 
 import pytest
 
+from serve_app.control.haproxy_config import DOOR_ARRIVED_HEADER as SENT
 from serve_app.core.errors import Overloaded
 from serve_app.core.settings import SERVING_DEFAULTS
+from serve_app.request.deadlines import DOOR_ARRIVED_HEADER, spent_since
 from serve_app.request.flow import RecommendFlow, Stages, local_stages
 from serve_app.request.stages.rank import rank_batch, rank_candidates
 from serve_app.request.stages.retrieve import retrieve_batch, retrieve_read
@@ -44,11 +46,11 @@ def stages(bundle, features, *, retrieve_fails=None, rank_fails=None, rank_stall
     return RecommendFlow(Stages(retrieve, rank), state)
 
 
-def run(flow, user_id=1, k=5, deadline_s=1.0):
+def run(flow, user_id=1, k=5, deadline_s=1.0, spent_s=0.0):
     current = flow.state.current
     settings = current.settings.with_overrides({"request_timeout_s": deadline_s, "n_candidates": 50})
     flow.state.current = Served(current.bundle, current.filters, settings)
-    return asyncio.run(flow.run(user_id, k, ()))
+    return asyncio.run(flow.run(user_id, k, (), spent_s=spent_s))
 
 
 def test_healthy_path_is_ranked_and_not_degraded(tiny_bundle):
@@ -67,6 +69,27 @@ def test_ranker_failure_answers_in_retrieval_order_degraded(tiny_bundle):
 def test_ranker_stall_past_deadline_answers_in_retrieval_order(tiny_bundle):
     result = run(stages(tiny_bundle, user(), rank_stalls=True), deadline_s=0.2)
     assert result.fallback == "ranker_unavailable" and result.degraded and "deadline" in result.reason
+
+
+def test_the_time_a_request_waited_before_the_flow_comes_off_its_deadline(tiny_bundle):
+    started = time.perf_counter()
+    result = run(stages(tiny_bundle, user(), rank_stalls=True), deadline_s=1.0, spent_s=0.8)
+    took_s = time.perf_counter() - started
+    assert result.fallback == "ranker_unavailable" and "missed the 0.2s deadline" in result.reason
+    assert took_s < 0.6, took_s  # the 0.2 s left, not the whole second (a stall would be 10 s)
+    # a request that waited past its deadline still gets an answer, at once: its stages get 20 ms
+    late = run(stages(tiny_bundle, user(), rank_stalls=True), deadline_s=1.0, spent_s=5.0)
+    assert late.degraded and "missed the 0.02s deadline" in late.reason  # retrieval order, or popularity
+
+
+def test_the_doors_arrival_stamp_reads_as_time_spent_within_bounds():
+    now = 1_000_000.0
+    assert spent_since(str(int((now - 0.25) * 1000)), limit_s=60, now=now) == pytest.approx(0.25)
+    assert spent_since(str(int((now + 0.01) * 1000)), limit_s=60, now=now) == 0.0  # a clock ahead
+    assert spent_since(str(int((now - 600) * 1000)), limit_s=60, now=now) == 60  # at most the limit
+    for unreadable in (None, "", "soon", "1.5e12", "0x10"):
+        assert spent_since(unreadable, limit_s=60, now=now) == 0.0  # no door in front: nothing spent
+    assert SENT.lower() == DOOR_ARRIVED_HEADER  # the header the door sets is the one read
 
 
 def test_retriever_failure_answers_by_popularity_degraded(tiny_bundle):

@@ -63,7 +63,7 @@ def no_vector(features: UserFeatureResult, bundle_version: str, model_id: str, r
 def stage_failure(error: BaseException, deadline_s: float) -> str:
     """The degraded reason for a stage call that failed or missed the request deadline."""
     if isinstance(error, TimeoutError):
-        return f"stages missed the {deadline_s}s deadline"
+        return f"stages missed the {deadline_s:.3g}s deadline"
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[-1] if text else ''}"[:300]
 
