@@ -91,6 +91,9 @@ class Balancer:
         self.door_share = DoorShare()
         self.popular_every_s = popular_every_s
         self._popular_at = 0.0  # when the popularity list was last asked for
+        # The listening socket is this process's, lent to each HAProxy it starts (`bind fd@`): while a
+        # dead HAProxy is replaced, new connections wait in the kernel's backlog instead of being refused.
+        self.listener: socket.socket | None = None
 
     def start(self, ports: list[int]) -> None:
         paths = self.paths
@@ -104,11 +107,16 @@ class Balancer:
         paths.items_map.write_text(map_file(self.answering.items_by_k()))
         paths.serving_map.write_text(map_file({"bundle": self.answering.bundle_version}))
         paths.limits_map.write_text(map_file({"queue": self.queue}))
-        paths.config.write_text(render(self.policy, paths, ports))
+        if self.listener is None:
+            self.listener = socket.create_server((self.policy.host, self.policy.port), backlog=4096)
+        paths.config.write_text(render(self.policy, paths, ports, self.listener.fileno()))
         paths.socket.unlink(missing_ok=True)
         with (paths.run_dir / "haproxy.log").open("a") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [haproxy_binary(), "-db", "-f", str(paths.config)], stdout=log, stderr=subprocess.STDOUT
+                [haproxy_binary(), "-db", "-f", str(paths.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(self.listener.fileno(),),
             )
         self.slots = [*ports, *[None] * (self.policy.max_replicas - len(ports))]
         deadline = time.monotonic() + 10
@@ -188,4 +196,7 @@ class Balancer:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
         self.paths.socket.unlink(missing_ok=True)

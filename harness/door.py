@@ -10,7 +10,8 @@ and harness/balancer.py one round of it. It runs HAProxy (the binary ray[serve] 
 slots through its runtime API, so a replica Serve replaced on a new port takes traffic within about a
 second and no reload drops a connection. A dead replica is out sooner: HAProxy marks a server down on
 its first refused connection and sends the request to another one. If HAProxy itself dies, it is started
-again at once with the current ports.
+again at once with the current ports, on the listening socket this process holds and lends it: the
+connections made meanwhile wait in the kernel's backlog, and only what the dead one held is lost.
 
 An empty or unreadable `target_groups` (the controller restarting, the dashboard busy) keeps the last
 ports: HAProxy's own health checks take out the ones that are really gone.

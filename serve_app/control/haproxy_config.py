@@ -197,8 +197,9 @@ def _coarse_errors(paths: Paths) -> list[str]:
     ]
 
 
-def render(policy: BalancerPolicy, paths: Paths, ports: list[int]) -> str:
-    """The HAProxy configuration with `ports` in the first slots and the other slots in maintenance."""
+def render(policy: BalancerPolicy, paths: Paths, ports: list[int], listen_fd: int | None = None) -> str:
+    """The HAProxy configuration with `ports` in the first slots and the other slots in maintenance;
+    with `listen_fd`, HAProxy accepts on that inherited, listening socket instead of binding its own."""
     if len(ports) > policy.max_replicas:
         raise ValueError(f"{len(ports)} ingress ports but max_replicas is {policy.max_replicas}")
     coarse = policy.past_capacity == "coarse"
@@ -230,7 +231,7 @@ def render(policy: BalancerPolicy, paths: Paths, ports: list[int]) -> str:
             "    unique-id-format %{+X}o%ci%cp%fp%Ts%rt%pid",
             *[f"    errorfile {s} {paths.error_page(s)}" for s in sorted(_REASONS)],
             f"frontend {FRONTEND}",
-            f"    bind {policy.host}:{policy.port}",
+            f"    bind {f'fd@{listen_fd}' if listen_fd is not None else f'{policy.host}:{policy.port}'}",
             f"    acl sane_id req.hdr(x-request-id) -m reg {ID_PATTERN}",
             "    http-request set-var(txn.rid) req.hdr(x-request-id) if sane_id",
             "    http-request set-var(txn.rid) unique-id unless { var(txn.rid) -m found }",

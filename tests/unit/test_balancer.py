@@ -60,6 +60,7 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
         text = render(policy, paths, [30001, 30002])
         balancer.start([30001, 30002])  # writes every file the configuration names, and runs it
         balancer.stop()
+        paths.config.write_text(text)  # as rendered to bind its own address (it ran on a lent socket)
         check = subprocess.run(
             [haproxy_binary(), "-c", "-f", str(paths.config)], capture_output=True, text=True
         )
@@ -335,7 +336,11 @@ def test_follows_serve_ports_and_restarts_a_dead_haproxy(tmp_path: Path) -> None
         assert balancer.proc is not None
         balancer.proc.kill()
         balancer.proc.wait(5)
-        balancer.step()  # the next round finds it dead and starts it with the ports it had
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(_post, url)  # sent while no HAProxy runs: it waits, not refused
+            time.sleep(0.3)
+            balancer.step()  # the next round finds it dead and starts it with the ports it had
+            assert waiting.result(timeout=10).json() == {"port": new.port}
         assert balancer.restarts == 1
         assert _post(url).json() == {"port": new.port}
     old.close()
