@@ -53,6 +53,9 @@ class Outcome:
     recovered_s: float | None  # fault -> last failed/degraded request (None: none was)
     statuses: dict[int, int]
     note: str = ""
+    # The first failures: (sent, s after the fault; ms until it failed; status, 0 for no answer), to
+    # tell a connection the fault cut (ms) from a request nobody answered (the client's 10 s timeout).
+    failures: tuple[tuple[float, float, int], ...] = ()
 
     def row(self) -> str:
         def fmt(x: float | None, unit: str = "") -> str:
@@ -86,6 +89,9 @@ def summarise(fault: str, tallies: list[Tally], fault_at: float, note: str = "")
         recovered_s=round(max(bad) - fault_at, 2) if bad and max(bad) >= fault_at else None,
         statuses=statuses,
         note=note,
+        failures=tuple(
+            (round(e[0] - fault_at, 2), round(e[1], 1), e[2]) for e in sorted(events) if not 200 <= e[2] < 300
+        )[:20],
     )
 
 

@@ -31,6 +31,7 @@ def test_summary_counts_failures_degraded_answers_and_the_last_bad_request() -> 
     outcome = chaos.summarise("Ranker", [tally], fault_at=t0 + 0.5)
     assert (outcome.requests, outcome.failed, outcome.degraded) == (6, 3, 1)
     assert outcome.max_ms == 10_000.0 and outcome.recovered_s == 3.0
+    assert outcome.failures == ((0.5, 50.0, 503), (3.0, 10_000.0, 0))  # when, how long, what
 
 
 def _short_run(
