@@ -87,13 +87,31 @@ _DAEMONS = (
 )
 
 
+# Named by the executable, never by the command line: the raylet's names the dashboard agent's script
+# among its arguments. Its niceness is the replicas' (raylets() below), not the daemons'.
+_SERVING = ("raylet", "gcs_server")
+
+
 def daemons(pid: int | None) -> list[psutil.Process]:
     """Ray's background processes in the tree of `pid` (a `ray start --block`)."""
     found = []
     for p in tree(pid):
         with contextlib.suppress(psutil.Error):
+            if p.name() in _SERVING:
+                continue
             command = " ".join(p.cmdline()) or p.name()
             if any(mark in command for mark in _DAEMONS):
+                found.append(p)
+    return found
+
+
+def raylets(pid: int | None) -> list[psutil.Process]:
+    """The raylet in the tree of `pid`: every worker it starts (a replica) inherits its niceness, and
+    Ray adds RAY_worker_niceness to it."""
+    found = []
+    for p in tree(pid):
+        with contextlib.suppress(psutil.Error):
+            if p.name() == "raylet":
                 found.append(p)
     return found
 

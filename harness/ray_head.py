@@ -34,9 +34,13 @@ from serve_app.core.paths import LOCAL_CLUSTER_STATE, NODE_ENV, PROJECT_ROOT
 ROOT = PROJECT_ROOT
 STATE = LOCAL_CLUSTER_STATE
 BIN = Path(sys.executable).parent
-# Ray's background processes (dashboard, agents, monitors) at the lowest priority, so the replicas and
-# the front door get the CPU first (docs/decisions.md, "Niceness"); RECSYS_DAEMON_NICENESS overrides it.
+# Ray's background processes (dashboard, agents, monitors) at the lowest priority, and the replicas
+# there too (the raylet's niceness, which they inherit): on a node shared with the front door and the
+# GCS, both at 0, the door answers first; with the replicas at 0 or 5 beside it its answers' p99 was
+# ~140 ms at 3x, at 19 11-30 ms (docs/decisions.md, "Niceness"). RECSYS_DAEMON_NICENESS and
+# RECSYS_REPLICA_NICENESS override them (a node without a door: replicas at 0).
 DAEMON_NICENESS = int(os.environ.get("RECSYS_DAEMON_NICENESS", "19"))
+REPLICA_NICENESS = int(os.environ.get("RECSYS_REPLICA_NICENESS", "19"))
 
 
 def cluster_env(
@@ -164,6 +168,7 @@ def start_head(
             raise RuntimeError(f"ray start exited with {proc.returncode}:\n{_tail(log)}")
         if _head_ready(state, log):
             processes.renice(processes.daemons(proc.pid), DAEMON_NICENESS)
+            processes.renice(processes.raylets(proc.pid), REPLICA_NICENESS)
             return state
         time.sleep(0.5)
     _give_up(state_file, proc.pid, token)

@@ -30,8 +30,8 @@ import psutil
 import yaml
 
 from harness.ports import free_ports
-from harness.processes import daemons, process_group, renice
-from harness.ray_head import BIN, DAEMON_NICENESS, ROOT, cluster_env, serve_api
+from harness.processes import daemons, process_group, raylets, renice
+from harness.ray_head import BIN, DAEMON_NICENESS, REPLICA_NICENESS, ROOT, cluster_env, serve_api
 
 LABEL = "recsys-node"
 HEAD_LABELS = {LABEL: "head"}
@@ -101,6 +101,7 @@ def start_worker(
         ]
         if joined:
             renice(daemons(proc.pid), DAEMON_NICENESS)
+            renice(raylets(proc.pid), REPLICA_NICENESS)
             worker["node_id"] = joined[0]["node_id"]
             state_file.write_text(json.dumps(state))
             return worker

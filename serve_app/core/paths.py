@@ -21,8 +21,9 @@ NODE_ENV = {
     # Serve's HTTP proxy sends a request again when its Ingress replica died before answering, instead
     # of uvicorn's bare 500 (serve_app/serve/proxy_retry.py); the proxy reads this when it starts.
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve_app.serve.proxy_retry:middlewares",
-    # Replicas at the niceness of everything else, not Ray's default 15 below it: the answers get the
-    # CPU before Ray's background processes (docs/decisions.md, "Niceness").
+    # Replicas at their raylet's niceness, not Ray's 15 below it: 0 on a node of its own, like Ray's
+    # processes; where the harness shares a node with the front door it renices the raylet (and so the
+    # replicas) and Ray's daemons to 19, so the door answers first (docs/decisions.md, "Niceness").
     "RAY_worker_niceness": "0",
 }
 

@@ -72,3 +72,25 @@ def test_no_socket_of_the_cluster_answers_a_caller_without_the_token(head: dict)
     refused = {s.process for s, kind, _ in results if kind == "refused"}
     # Checked, not assumed: the GCS and the raylet refuse gRPC calls without the token.
     assert {"gcs_server", "raylet"} <= refused, report
+
+
+def test_rays_daemons_and_replicas_yield_the_cpu_to_the_door_and_the_gcs(head: dict) -> None:
+    """The harness renices Ray's background processes (DAEMON_NICENESS) and the raylet, whose niceness
+    every replica it starts inherits (REPLICA_NICENESS), by their executables, never the GCS."""
+    import psutil
+
+    from harness import processes
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the agents come up after the head answers
+        tree = {p.name(): p for p in processes.tree(head["pid"])}
+        if "raylet" in tree and processes.daemons(head["pid"]):
+            break
+        time.sleep(1)
+    assert tree["raylet"].nice() == ray_head.REPLICA_NICENESS and tree["gcs_server"].nice() == 0
+    background = processes.daemons(head["pid"])
+    assert background and all(p.nice() == ray_head.DAEMON_NICENESS for p in background), [
+        (p.name(), p.nice()) for p in background if p.is_running()
+    ]
+    assert not {p.name() for p in background} & {"raylet", "gcs_server"}
+    assert psutil.Process(head["pid"]).nice() == ray_head.DAEMON_NICENESS  # `ray start --block`
