@@ -31,7 +31,7 @@ DOOR_ARRIVED_HEADER = "x-recsys-door-arrived"  # set by the door (control/haprox
 
 def spent_since(arrived_ms: str | None, limit_s: float, now: float | None = None) -> float:
     """Seconds since the door's stamp, within 0..`limit_s`: 0 without a readable one (no door, the
-    Serve proxy's path), and a clock a little behind another node's counts as no time spent."""
+    Serve proxy's path), and a stamp ahead of this clock (the door's host a little ahead) is 0 too."""
     try:
         arrived_s = int(arrived_ms or "") / 1000
     except ValueError:
