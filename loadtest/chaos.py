@@ -26,7 +26,7 @@ import signal
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class Outcome:
     # The first failures: (sent, s after the fault; ms until it failed; status, 0 for no answer), to
     # tell a connection the fault cut (ms) from a request nobody answered (the client's 10 s timeout).
     failures: tuple[tuple[float, float, int], ...] = ()
+    fallbacks: dict[str, int] = field(default_factory=dict)  # why answers fell back, by reason
 
     def row(self) -> str:
         def fmt(x: float | None, unit: str = "") -> str:
@@ -76,9 +77,12 @@ def summarise(fault: str, tallies: list[Tally], fault_at: float, note: str = "")
     latencies = np.array([e[1] for e in events]) if events else np.empty(0)
     bad = [e[0] for e in events if not 200 <= e[2] < 300 or e[3]]
     statuses: dict[int, int] = {}
+    fallbacks: dict[str, int] = {}
     for t in tallies:
         for code, n in t.statuses.items():
             statuses[code] = statuses.get(code, 0) + n
+        for reason, n in t.fallback.items():
+            fallbacks[reason] = fallbacks.get(reason, 0) + n
     return Outcome(
         fault=fault,
         requests=len(events) + max(0, unanswered),
@@ -92,6 +96,7 @@ def summarise(fault: str, tallies: list[Tally], fault_at: float, note: str = "")
         failures=tuple(
             (round(e[0] - fault_at, 2), round(e[1], 1), e[2]) for e in sorted(events) if not 200 <= e[2] < 300
         )[:20],
+        fallbacks=fallbacks,
     )
 
 

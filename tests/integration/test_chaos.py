@@ -32,6 +32,9 @@ def test_summary_counts_failures_degraded_answers_and_the_last_bad_request() -> 
     assert (outcome.requests, outcome.failed, outcome.degraded) == (6, 3, 1)
     assert outcome.max_ms == 10_000.0 and outcome.recovered_s == 3.0
     assert outcome.failures == ((0.5, 50.0, 503), (3.0, 10_000.0, 0))  # when, how long, what
+    other = Tally(fallback={"overloaded": 2, "unknown_user": 1})
+    both = chaos.summarise("Ranker", [tally, other], fault_at=t0)
+    assert both.fallbacks == {"overloaded": 2, "unknown_user": 1}  # why answers fell back, summed
 
 
 def _short_run(
