@@ -35,8 +35,9 @@ def test_the_worker_node_lost_under_load_fails_no_request_and_its_replicas_come_
         rate=15.0,
         # Long enough for the replacements to load on a slow day: on 2026-12-06 this 2-core VM ran
         # ~3x slower than on 2026-11-30, and the stages served again 28 s after the GCS declared the
-        # lost node dead (4 s on 2026-11-30).
-        window=55.0,
+        # lost node dead (4 s on 2026-11-30); on 2026-12-07 ranked answers came back 42-52 s after
+        # the kill, past the 49 s a 55 s window allowed (three failures at the landed code too).
+        window=75.0,
         kill_at=3.0,
         restart_after=4.0,
         out=tmp_path,
