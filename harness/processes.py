@@ -108,12 +108,14 @@ def daemons(pid: int | None) -> list[psutil.Process]:
 def raylets(pid: int | None) -> list[psutil.Process]:
     """The raylet in the tree of `pid`: every worker it starts (a replica) inherits its niceness, and
     Ray adds RAY_worker_niceness to it."""
-    found = []
-    for p in tree(pid):
-        with contextlib.suppress(psutil.Error):
-            if p.name() == "raylet":
-                found.append(p)
-    return found
+    return [p for p in tree(pid) if _name(p) == "raylet"]
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.Error:  # gone since the tree was read
+        return ""
 
 
 def renice(procs: list[psutil.Process], niceness: int) -> None:

@@ -203,6 +203,7 @@ def render(policy: BalancerPolicy, paths: Paths, ports: list[int], listen_fd: in
     if len(ports) > policy.max_replicas:
         raise ValueError(f"{len(ports)} ingress ports but max_replicas is {policy.max_replicas}")
     coarse = policy.past_capacity == "coarse"
+    address = f"fd@{listen_fd}" if listen_fd is not None else f"{policy.host}:{policy.port}"
     inter = policy.health_check_interval_ms
     to_recommend = ANSWERABLE if coarse else IS_RECOMMEND
     return "\n".join(
@@ -231,7 +232,7 @@ def render(policy: BalancerPolicy, paths: Paths, ports: list[int], listen_fd: in
             "    unique-id-format %{+X}o%ci%cp%fp%Ts%rt%pid",
             *[f"    errorfile {s} {paths.error_page(s)}" for s in sorted(_REASONS)],
             f"frontend {FRONTEND}",
-            f"    bind {f'fd@{listen_fd}' if listen_fd is not None else f'{policy.host}:{policy.port}'}",
+            f"    bind {address}",
             f"    acl sane_id req.hdr(x-request-id) -m reg {ID_PATTERN}",
             "    http-request set-var(txn.rid) req.hdr(x-request-id) if sane_id",
             "    http-request set-var(txn.rid) unique-id unless { var(txn.rid) -m found }",
