@@ -167,8 +167,10 @@ def start_head(
             _give_up(state_file, proc.pid, token)
             raise RuntimeError(f"ray start exited with {proc.returncode}:\n{_tail(log)}")
         if _head_ready(state, log):
-            processes.renice(processes.daemons(proc.pid), DAEMON_NICENESS)
+            # The raylet first: an agent it starts from now on inherits its niceness, and one it
+            # started before is in the tree when the daemons are read.
             processes.renice(processes.raylets(proc.pid), REPLICA_NICENESS)
+            processes.renice(processes.daemons(proc.pid), DAEMON_NICENESS)
             return state
         time.sleep(0.5)
     _give_up(state_file, proc.pid, token)

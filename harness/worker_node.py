@@ -100,8 +100,8 @@ def start_worker(
             and n.get("labels", {}).get(LABEL) == WORKER_LABELS[LABEL]
         ]
         if joined:
+            renice(raylets(proc.pid), REPLICA_NICENESS)  # first: see ray_head.start_head
             renice(daemons(proc.pid), DAEMON_NICENESS)
-            renice(raylets(proc.pid), REPLICA_NICENESS)
             worker["node_id"] = joined[0]["node_id"]
             state_file.write_text(json.dumps(state))
             return worker
