@@ -80,6 +80,7 @@ _DAEMONS = (
     "ray-dashboard-",
     "ray::DashboardAgent",
     "ray::RuntimeEnvAgent",
+    "runtime_env/agent/main.py",  # the runtime env agent before it sets its title
     "log_monitor.py",
     "autoscaler/_private/monitor.py",
     "ray.util.client.server",
@@ -103,6 +104,16 @@ def daemons(pid: int | None) -> list[psutil.Process]:
             if any(mark in command for mark in _DAEMONS):
                 found.append(p)
     return found
+
+
+# The agents every raylet starts, by the titles they give themselves once running.
+AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def agents_titled(pid: int | None) -> bool:
+    """Whether both agents in the tree of `pid` carry their titles: before, one may still show the
+    raylet's name (forked, not yet exec'd) or a bare python, and no daemon mark matches it."""
+    return set(AGENTS) <= {_name(p) for p in tree(pid)}
 
 
 def raylets(pid: int | None) -> list[psutil.Process]:
