@@ -111,7 +111,9 @@ def start_head(
     """
     if throughput_optimized:
         env = {**(env or {}), "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-    gcs, dashboard_port, metrics = free_ports(3)
+    # Every port free, none of Ray's defaults (its agent's 52365, Ray Client's 10001): another head on
+    # this machine (a second checkout, a test running beside this one) may hold those.
+    gcs, dashboard_port, metrics, agent, client = free_ports(5)
     # Short and unique per checkout: Ray's socket paths must stay under 107 characters.
     temp_dir = (
         Path(tempfile.gettempdir()) / f"recsys-ray-{hashlib.sha1(str(state_file).encode()).hexdigest()[:8]}"
@@ -139,6 +141,8 @@ def start_head(
                     else ["--include-dashboard=false"]
                 ),
                 f"--metrics-export-port={metrics}",  # known in advance: `make run` prints it
+                f"--dashboard-agent-listen-port={agent}",
+                f"--ray-client-server-port={client}",
                 "--disable-usage-stats",
                 f"--temp-dir={temp_dir}",
                 *(["--labels=" + ",".join(f"{k}={v}" for k, v in labels.items())] if labels else []),

@@ -73,7 +73,7 @@ def start_worker(
                 "--node-ip-address=127.0.0.1",
                 f"--num-cpus={num_cpus}",
                 label_arg(WORKER_LABELS),
-                # The default agent port (52365) is the head's, on the same machine.
+                # Not the default agent port (52365): another node on this machine may hold it.
                 f"--dashboard-agent-listen-port={agent_port}",
                 f"--metrics-export-port={metrics_port}",
                 "--disable-usage-stats",
