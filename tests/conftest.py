@@ -126,9 +126,7 @@ class Built:
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """One real build (synthetic data, Feast on SQLite, ALS, FAISS, XGBoost) shared by the session.
-    Its offline evaluation is the shortest (one seed, two snapshots): the tests that use this bundle
-    serve it; the evaluation's figures are test_build_cli's, on the full protocol."""
+    """One real build (synthetic data, Feast on SQLite, ALS, FAISS, XGBoost) shared by the session."""
     from serve_app.offline.build import build
     from serve_app.offline.config import BuildConfig
     from serve_app.offline.data import load_movielens
@@ -138,8 +136,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     data_dir = write_movielens(*generate(SynthSpec(n_items=1_000, n_users=400, seed=3)), base / "data")
     repo = copy_feature_repo(base / "feature_repo")
     artifacts = base / "artifacts"
-    config = BuildConfig.model_validate({"eval_seeds": 1, "eval_snapshots": 2})
-    path, _ = build(load_movielens(data_dir), config, repo, artifacts, progress=False)
+    path, _ = build(load_movielens(data_dir), BuildConfig(), repo, artifacts, progress=False)
     return Built(repo=repo, artifacts=artifacts, bundle=path, data_dir=data_dir)
 
 
