@@ -136,6 +136,22 @@ def renice(procs: list[psutil.Process], niceness: int) -> None:
             p.nice(niceness)
 
 
+def renice_node(pid: int, replica_niceness: int, daemon_niceness: int, wait_s: float = 20) -> None:
+    """Renice the raylet in the tree of `pid`, then the daemons, again until both agents carry titles.
+
+    The raylet first: a process it starts from then on inherits its niceness. One it forked before
+    may not be recognisable yet (a raylet not yet exec'd, an untitled python), so the daemons are read
+    again until the agents are named; past `wait_s` the node serves as it is.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        renice(raylets(pid), replica_niceness)
+        renice(daemons(pid), daemon_niceness)
+        if agents_titled(pid) or time.monotonic() > deadline:
+            return
+        time.sleep(0.25)
+
+
 def alive(pid: int | None) -> bool:
     """Running, and not a zombie waiting for its parent to reap it."""
     try:

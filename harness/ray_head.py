@@ -171,27 +171,17 @@ def start_head(
             _give_up(state_file, proc.pid, token)
             raise RuntimeError(f"ray start exited with {proc.returncode}:\n{_tail(log)}")
         if _head_ready(state, log):
-            _renice(proc.pid)
+            renice_node(proc.pid)
             return state
         time.sleep(0.5)
     _give_up(state_file, proc.pid, token)
     raise RuntimeError(f"Ray head did not come up within 120 s:\n{_tail(log)}")
 
 
-def _renice(pid: int, wait_s: float = 20) -> None:
-    """Renice the raylet, then the daemons, again until both agents carry their titles.
-
-    The raylet first: a process it starts from then on inherits its niceness. One it forked before
-    may not be recognisable yet (a raylet not yet exec'd, an untitled python), so the daemons are read
-    again until the agents are named; past `wait_s` the head serves as it is.
-    """
-    deadline = time.monotonic() + wait_s
-    while True:
-        processes.renice(processes.raylets(pid), REPLICA_NICENESS)
-        processes.renice(processes.daemons(pid), DAEMON_NICENESS)
-        if processes.agents_titled(pid) or time.monotonic() > deadline:
-            return
-        time.sleep(0.25)
+def renice_node(pid: int) -> None:
+    """The niceness a node started with `ray start --block` (pid) should have: REPLICA_NICENESS for its
+    raylet, DAEMON_NICENESS for Ray's daemons (processes.renice_node)."""
+    processes.renice_node(pid, REPLICA_NICENESS, DAEMON_NICENESS)
 
 
 def _starter(state_file: Path) -> dict:

@@ -30,8 +30,8 @@ import psutil
 import yaml
 
 from harness.ports import free_ports
-from harness.processes import daemons, process_group, raylets, renice
-from harness.ray_head import BIN, DAEMON_NICENESS, REPLICA_NICENESS, ROOT, cluster_env, serve_api
+from harness.processes import process_group
+from harness.ray_head import BIN, ROOT, cluster_env, renice_node, serve_api
 
 LABEL = "recsys-node"
 HEAD_LABELS = {LABEL: "head"}
@@ -100,8 +100,7 @@ def start_worker(
             and n.get("labels", {}).get(LABEL) == WORKER_LABELS[LABEL]
         ]
         if joined:
-            renice(raylets(proc.pid), REPLICA_NICENESS)  # first: see ray_head.start_head
-            renice(daemons(proc.pid), DAEMON_NICENESS)
+            renice_node(proc.pid)
             worker["node_id"] = joined[0]["node_id"]
             state_file.write_text(json.dumps(state))
             return worker
